@@ -1,0 +1,10 @@
+//! Types shared by the kernel programs (`cgscope-ebpf`) and the agent (`cgscope`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of `bool` and padded explicitly, so
+//! both sides agree on the byte layout of every map key and value. Each type carries a
+//! size assertion: a layout change fails the build instead of corrupting a map.
+//! The `user` feature adds `aya::Pod` impls so that only userspace depends on aya.
+#![no_std]
+
+pub mod histogram;
+pub mod runq;

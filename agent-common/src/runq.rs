@@ -1,0 +1,65 @@
+//! Run-queue latency: what the `runq` programs keep in the kernel.
+
+/// Capacity of `RUNQ_START`: tasks that are runnable but not yet running, system-wide.
+/// Bounded by the number of runnable tasks; the map is LRU, so a task that exits while
+/// it holds an entry is evicted instead of leaking.
+pub const MAX_QUEUED_TASKS: u32 = 32_768;
+
+/// Default capacity of `RUNQ_HIST`, one entry per cgroup that ran a task. The agent
+/// overrides it from its configuration and deletes the entries of removed cgroups.
+pub const DEFAULT_MAX_CGROUPS: u32 = 4_096;
+
+/// Slots of `RUNQ_DROPS`.
+pub mod drop {
+    /// `RUNQ_START` could not take a new entry.
+    pub const START_FULL: u32 = 0;
+    /// `RUNQ_HIST` is full: a new cgroup could not get a histogram.
+    pub const HIST_FULL: u32 = 1;
+    /// A kernel read (`bpf_probe_read_kernel`) failed.
+    pub const READ_FAILED: u32 = 2;
+    /// Number of slots.
+    pub const SLOTS: u32 = 3;
+}
+
+/// When a task became runnable, and the cgroup it waits in. Value of `RUNQ_START`,
+/// keyed by thread id (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QueuedTask {
+    /// `bpf_ktime_get_ns()` at wakeup or preemption.
+    pub since_ns: u64,
+    /// cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<QueuedTask>() == 16);
+
+/// Kernel struct field offsets, resolved by the agent from the running kernel's BTF
+/// and written into the programs' read-only globals before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.cgroups` (`struct css_set *`)
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (`struct cgroup *`, the cgroup v2 one)
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`)
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (`u64`, the cgroup id; since 5.5)
+    pub kernfs_node_id: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), Copy, explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::QueuedTask {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::histogram::Histogram {}
+}

@@ -1,0 +1,147 @@
+//! Run-queue latency per cgroup: the time a task spends runnable but not running,
+//! from wakeup (or from being preempted while still runnable) until it is switched in,
+//! attributed to the cgroup of the task that waited.
+//!
+//! Hooks (tp_btf, BTF-enabled raw tracepoints, kernel >= 5.5):
+//! - `sched_wakeup`, `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
+//! - `sched_switch`: `TP_PROTO(bool preempt, struct task_struct *prev,
+//!   struct task_struct *next, unsigned int prev_state)`; `prev_state` since 5.18.
+//!   Minimum kernel: 6.1, for non-preallocated hash maps in tracing programs.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePointContext,
+};
+use cgscope_common::{
+    histogram::Histogram,
+    runq::{drop, QueuedTask, DEFAULT_MAX_CGROUPS, MAX_QUEUED_TASKS},
+};
+
+use crate::kernel::{offsets, task_cgroup_id, task_pid};
+
+/// `BPF_F_NO_PREALLOC`: histograms are allocated for the cgroups that run tasks,
+/// not for the whole capacity times the number of CPUs.
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `TASK_RUNNING`, the `prev_state` of a task that stays on the run queue.
+const TASK_RUNNING: u64 = 0;
+
+/// Runnable tasks waiting for a CPU, keyed by thread id.
+#[map]
+static RUNQ_START: LruHashMap<u32, QueuedTask> = LruHashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
+
+/// Per-cgroup run-queue latency histograms, keyed by cgroup id.
+#[map]
+static RUNQ_HIST: PerCpuHashMap<u64, Histogram> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_CGROUPS, BPF_F_NO_PREALLOC);
+
+/// One zeroed histogram: the initial value of a new `RUNQ_HIST` entry (too large for
+/// the 512-byte BPF stack).
+#[map]
+static RUNQ_ZERO: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events lost, by reason (`cgscope_common::runq::drop`).
+#[map]
+static RUNQ_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::SLOTS, 0);
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn runq_wakeup(ctx: BtfTracePointContext) -> i32 {
+    count_drop(try_wakeup(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn runq_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    count_drop(try_wakeup(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn runq_switch(ctx: BtfTracePointContext) -> i32 {
+    count_drop(try_switch(&ctx));
+    0
+}
+
+fn try_wakeup(task: *const u8) -> Result<(), u32> {
+    let off = offsets();
+    let pid = task_pid(task, &off)?;
+    if pid == 0 {
+        return Ok(());
+    }
+    let cgroup_id = task_cgroup_id(task, &off)?;
+    enqueue(pid, cgroup_id, now_ns())
+}
+
+fn try_switch(ctx: &BtfTracePointContext) -> Result<(), u32> {
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    let now = now_ns();
+
+    // `current` is still `prev` here. A preempted task (or one that yields) stays
+    // runnable: its wait starts now, in its own cgroup.
+    if preempt & 0xff != 0 || prev_state & 0xffff_ffff == TASK_RUNNING {
+        let prev_pid = bpf_get_current_pid_tgid() as u32;
+        if prev_pid != 0 {
+            // SAFETY: helper without preconditions.
+            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            enqueue(prev_pid, cgroup_id, now)?;
+        }
+    }
+
+    let next_pid = task_pid(next, &offsets())?;
+    if next_pid == 0 {
+        return Ok(());
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(queued) = (unsafe { RUNQ_START.get(&next_pid) }).copied() else {
+        return Ok(());
+    };
+    let _ = RUNQ_START.remove(&next_pid);
+    record(queued.cgroup_id, now.saturating_sub(queued.since_ns))
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn enqueue(pid: u32, cgroup_id: u64, now: u64) -> Result<(), u32> {
+    let queued = QueuedTask {
+        since_ns: now,
+        cgroup_id,
+    };
+    RUNQ_START
+        .insert(&pid, &queued, 0)
+        .map_err(|_| drop::START_FULL)
+}
+
+#[inline(always)]
+fn record(cgroup_id: u64, delay_ns: u64) -> Result<(), u32> {
+    let hist = match RUNQ_HIST.get_ptr_mut(&cgroup_id) {
+        Some(hist) => hist,
+        None => {
+            let zero = RUNQ_ZERO.get(0).ok_or(drop::HIST_FULL)?;
+            // EEXIST means another CPU created it first: fine.
+            let _ = RUNQ_HIST.insert(&cgroup_id, zero, u64::from(BPF_NOEXIST));
+            RUNQ_HIST.get_ptr_mut(&cgroup_id).ok_or(drop::HIST_FULL)?
+        }
+    };
+    // SAFETY: a per-CPU map value, only written from this CPU with preemption off.
+    unsafe { (*hist).record(delay_ns) };
+    Ok(())
+}
+
+#[inline(always)]
+fn count_drop(result: Result<(), u32>) {
+    if let Err(slot) = result {
+        if let Some(count) = RUNQ_DROPS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot, this CPU only.
+            unsafe { *count += 1 };
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Just enough of a BTF reader to find struct member offsets in the running kernel's
+//! type information (`/sys/kernel/btf/vmlinux`), for the probes' read-only globals.
+//!
+//! Format (include/uapi/linux/btf.h): a header (`magic 0xeB9F, version, flags,
+//! hdr_len, type_off, type_len, str_off, str_len`), then `struct btf_type` records
+//! (`name_off, info, size|type`) each followed by kind-specific data, and a string
+//! table. Type ids start at 1 in record order.
+
+use std::{collections::HashMap, path::Path};
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source} (kernel built without CONFIG_DEBUG_INFO_BTF?)")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("struct {0} not found in kernel BTF")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member {member} in kernel BTF")]
+    NoMember { strukt: String, member: String },
+    #[error("{strukt}.{member} is {actual} bytes in kernel BTF, expected {expected}")]
+    Size {
+        strukt: String,
+        member: String,
+        actual: u32,
+        expected: u32,
+    },
+}
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// One type record: where it starts in the type section, and its decoded header.
+#[derive(Clone, Copy)]
+struct TypeRec {
+    name_off: u32,
+    kind: u32,
+    vlen: u32,
+    kind_flag: bool,
+    size_or_type: u32,
+    /// Byte offset of the kind-specific data in the type section.
+    data: usize,
+}
+
+/// Parsed kernel BTF: type records and strings, indexed by struct name.
+pub struct Btf {
+    types: Vec<TypeRec>,
+    type_section: Vec<u8>,
+    strings: Vec<u8>,
+    structs: HashMap<String, u32>,
+}
+
+/// A struct member: byte offset and byte size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub offset: u32,
+    pub size: u32,
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Result<u32, BtfError> {
+    buf.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a little-endian BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.get(0..2) != Some(&[0x9f, 0xeb]) {
+            return Err(BtfError::Malformed(
+                "bad magic (big-endian BTF is not supported)",
+            ));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let section = |off_at: usize| -> Result<&[u8], BtfError> {
+            let off = hdr_len + u32_at(data, off_at)? as usize;
+            let len = u32_at(data, off_at + 4)? as usize;
+            data.get(off..off + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        let type_section = section(8)?.to_vec();
+        let strings = section(16)?.to_vec();
+
+        let mut types = vec![TypeRec {
+            name_off: 0,
+            kind: 0,
+            vlen: 0,
+            kind_flag: false,
+            size_or_type: 0,
+            data: 0,
+        }];
+        let mut at = 0;
+        while at < type_section.len() {
+            let info = u32_at(&type_section, at + 4)?;
+            let rec = TypeRec {
+                name_off: u32_at(&type_section, at)?,
+                kind: (info >> 24) & 0x1f,
+                vlen: info & 0xffff,
+                kind_flag: info >> 31 == 1,
+                size_or_type: u32_at(&type_section, at + 8)?,
+                data: at + 12,
+            };
+            let extra = match rec.kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * rec.vlen as usize,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * rec.vlen as usize,
+                KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12
+                | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            types.push(rec);
+            at = rec.data + extra;
+        }
+
+        let mut btf = Self {
+            types,
+            type_section,
+            strings,
+            structs: HashMap::new(),
+        };
+        for id in 1..btf.types.len() {
+            let rec = btf.types[id];
+            if rec.kind == KIND_STRUCT && rec.name_off != 0 {
+                let name = btf.string(rec.name_off)?.to_owned();
+                // Keep the first definition; kernel BTF has one per name.
+                btf.structs.entry(name).or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn string(&self, off: u32) -> Result<&str, BtfError> {
+        let tail = self
+            .strings
+            .get(off as usize..)
+            .ok_or(BtfError::Malformed("string offset out of bounds"))?;
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        std::str::from_utf8(&tail[..end]).map_err(|_| BtfError::Malformed("non-UTF-8 name"))
+    }
+
+    fn rec(&self, id: u32) -> Result<TypeRec, BtfError> {
+        self.types
+            .get(id as usize)
+            .copied()
+            .ok_or(BtfError::Malformed("type id out of range"))
+    }
+
+    /// Size in bytes of a type, through typedefs and qualifiers.
+    fn size_of(&self, mut id: u32) -> Result<u32, BtfError> {
+        for _ in 0..32 {
+            let rec = self.rec(id)?;
+            match rec.kind {
+                KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                    return Ok(rec.size_or_type)
+                }
+                KIND_PTR => return Ok(8),
+                KIND_ARRAY => {
+                    let elem = u32_at(&self.type_section, rec.data)?;
+                    let n = u32_at(&self.type_section, rec.data + 8)?;
+                    return Ok(self.size_of(elem)? * n);
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = rec.size_or_type
+                }
+                _ => return Err(BtfError::Malformed("type without a size")),
+            }
+        }
+        Err(BtfError::Malformed("type chain too long"))
+    }
+
+    /// Finds `member` in struct or union `id`, descending into anonymous members.
+    fn find(&self, id: u32, member: &str) -> Result<Option<Member>, BtfError> {
+        let rec = self.rec(id)?;
+        if rec.kind != KIND_STRUCT && rec.kind != KIND_UNION {
+            return Ok(None);
+        }
+        for i in 0..rec.vlen as usize {
+            let at = rec.data + 12 * i;
+            let name_off = u32_at(&self.type_section, at)?;
+            let type_id = u32_at(&self.type_section, at + 4)?;
+            let raw = u32_at(&self.type_section, at + 8)?;
+            let (bit_offset, bitfield) = if rec.kind_flag {
+                (raw & 0x00ff_ffff, raw >> 24)
+            } else {
+                (raw, 0)
+            };
+            if name_off == 0 {
+                if let Some(inner) = self.find(self.strip(type_id)?, member)? {
+                    return Ok(Some(Member {
+                        offset: bit_offset / 8 + inner.offset,
+                        size: inner.size,
+                    }));
+                }
+            } else if self.string(name_off)? == member {
+                if bitfield != 0 || bit_offset % 8 != 0 {
+                    return Err(BtfError::Malformed("member is a bitfield"));
+                }
+                return Ok(Some(Member {
+                    offset: bit_offset / 8,
+                    size: self.size_of(type_id)?,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut id: u32) -> Result<u32, BtfError> {
+        for _ in 0..32 {
+            let rec = self.rec(id)?;
+            match rec.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = rec.size_or_type
+                }
+                _ => return Ok(id),
+            }
+        }
+        Err(BtfError::Malformed("type chain too long"))
+    }
+
+    /// Offset and size of `strukt.member`.
+    pub fn member(&self, strukt: &str, member: &str) -> Result<Member, BtfError> {
+        let id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        self.find(id, member)?.ok_or_else(|| BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+        })
+    }
+
+    /// Byte offset of `strukt.member`, checking that the member is `size` bytes wide.
+    pub fn offset_of(&self, strukt: &str, member: &str, size: u32) -> Result<u32, BtfError> {
+        let m = self.member(strukt, member)?;
+        if m.size != size {
+            return Err(BtfError::Size {
+                strukt: strukt.to_owned(),
+                member: member.to_owned(),
+                actual: m.size,
+                expected: size,
+            });
+        }
+        Ok(m.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny BTF blob: `struct s { int a; union { long b; }; int *c; }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0long\0s\0a\0b\0c\0";
+        let name = |s: &str| {
+            let needle = format!("\0{s}\0");
+            (strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap()
+                + 1) as u32
+        };
+        let mut t = Vec::new();
+        let mut push = |words: &[u32]| {
+            words
+                .iter()
+                .for_each(|w| t.extend_from_slice(&w.to_le_bytes()))
+        };
+        push(&[name("int"), KIND_INT << 24, 4, 32]); // 1: int
+        push(&[name("long"), KIND_INT << 24, 8, 64]); // 2: long
+        push(&[0, KIND_UNION << 24 | 1, 8, name("b"), 2, 0]); // 3: union { long b; }
+        push(&[0, KIND_PTR << 24, 1]); // 4: int *
+        push(&[
+            name("s"),
+            KIND_STRUCT << 24 | 3,
+            24,
+            name("a"),
+            1,
+            0,
+            0,
+            3,
+            64,
+            name("c"),
+            4,
+            128,
+        ]); // 5
+        let mut out = Vec::new();
+        for w in [
+            0xeb9f_u32 | 1 << 16,
+            24,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&t);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn finds_direct_anonymous_and_pointer_members() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member("s", "a").unwrap(), Member { offset: 0, size: 4 });
+        assert_eq!(btf.member("s", "b").unwrap(), Member { offset: 8, size: 8 });
+        assert_eq!(btf.offset_of("s", "c", 8).unwrap(), 16);
+        assert!(matches!(
+            btf.offset_of("s", "a", 8),
+            Err(BtfError::Size { .. })
+        ));
+        assert!(matches!(
+            btf.member("s", "zz"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(btf.member("t", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn rejects_truncated_and_foreign_data() {
+        let data = blob();
+        assert!(Btf::parse(&data[..30]).is_err());
+        assert!(Btf::parse(b"not btf at all, not at all").is_err());
+    }
+
+    #[test]
+    fn reads_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipped: {VMLINUX_BTF} is not readable");
+            return;
+        };
+        assert_eq!(btf.member("task_struct", "pid").unwrap().size, 4);
+        assert_eq!(btf.member("kernfs_node", "id").unwrap().size, 8);
+    }
+}

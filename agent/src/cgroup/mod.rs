@@ -1,0 +1,41 @@
+//! The cgroup v2 filesystem: where it is mounted, the tree of cgroups, and one parser
+//! per file family. A file that vanished means "this cgroup is gone", never an error
+//! for the whole scan.
+
+pub mod cpu;
+pub mod mount;
+pub mod tree;
+
+use std::{io, path::Path};
+
+/// Errors reading one cgroup file.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("malformed {path}: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+/// Reads `dir/name` into `buf` (cleared first, capacity reused).
+/// `Ok(false)`: the file does not exist, or the cgroup was removed while reading.
+pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
+    use std::io::Read;
+    buf.clear();
+    let path = dir.join(name);
+    let result = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(buf));
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(source) => Err(CgroupError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// ENOENT when the file or cgroup does not exist; ENODEV when the cgroup was removed
+/// after the file was opened.
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}

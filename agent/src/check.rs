@@ -1,0 +1,147 @@
+//! `cgscope check`: can cgscope run here, and what works.
+//!
+//! Exit status: 0 everything works, 1 degraded (a probe or a controller is missing,
+//! the agent is still useful), 2 cannot run (no cgroup v2 to read).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{
+    btf::VMLINUX_BTF,
+    cgroup::mount::CgroupMode,
+    probes::Probes,
+    sample::ProbeStatus,
+    sampler::{kernel_release, resolve_root, SamplerConfig},
+};
+
+/// Capabilities the agent uses, with what each is for.
+const CAPABILITIES: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "load eBPF programs and maps"),
+    (
+        38,
+        "CAP_PERFMON",
+        "attach tracing programs, read kernel memory",
+    ),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "replaces CAP_BPF/CAP_PERFMON on kernels before 5.8",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "read cgroup and /proc files of other users",
+    ),
+];
+
+#[derive(Debug, Serialize)]
+pub struct Capability {
+    pub name: &'static str,
+    pub held: bool,
+    pub purpose: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub kernel: String,
+    pub btf: bool,
+    pub cgroup_mode: Option<CgroupMode>,
+    pub cgroup_root: Option<String>,
+    /// Controllers enabled at the v2 root (`cgroup.subtree_control`).
+    pub root_controllers: Vec<String>,
+    /// Pressure stall information: `/proc/pressure/*` and per-cgroup `*.pressure`.
+    pub psi: bool,
+    pub capabilities: Vec<Capability>,
+    pub probes: Vec<ProbeStatus>,
+    /// Why cgscope cannot run at all, if it cannot.
+    pub fatal: Option<String>,
+    pub exit_code: i32,
+}
+
+fn capabilities() -> Vec<Capability> {
+    let effective = procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .map(|s| s.capeff)
+        .unwrap_or(0);
+    CAPABILITIES
+        .iter()
+        .map(|&(bit, name, purpose)| Capability {
+            name,
+            held: effective & (1 << bit) != 0,
+            purpose,
+        })
+        .collect()
+}
+
+pub fn run(config: &SamplerConfig) -> CheckReport {
+    let mut report = CheckReport {
+        kernel: kernel_release(),
+        btf: Path::new(VMLINUX_BTF).exists(),
+        cgroup_mode: None,
+        cgroup_root: None,
+        root_controllers: Vec::new(),
+        psi: Path::new("/proc/pressure/cpu").exists(),
+        capabilities: capabilities(),
+        probes: Vec::new(),
+        fatal: None,
+        exit_code: 0,
+    };
+    match resolve_root(config.cgroup_root.as_ref()) {
+        Ok((mounts, root)) => {
+            report.cgroup_mode = Some(mounts.mode);
+            report.psi &= root.join("cpu.pressure").exists();
+            report.root_controllers = std::fs::read_to_string(root.join("cgroup.subtree_control"))
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            report.cgroup_root = Some(root.display().to_string());
+        }
+        Err(e) => report.fatal = Some(e.to_string()),
+    }
+    report.probes = Probes::attach(&config.probes).status();
+    let degraded = !report.btf
+        || !report.psi
+        || report.root_controllers.is_empty()
+        || report.probes.iter().any(|p| !p.attached);
+    report.exit_code = match (&report.fatal, degraded) {
+        (Some(_), _) => 2,
+        (None, true) => 1,
+        (None, false) => 0,
+    };
+    report
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "NO" };
+        writeln!(f, "kernel            {}", self.kernel)?;
+        writeln!(f, "BTF               {} ({VMLINUX_BTF})", yes(self.btf))?;
+        match (&self.cgroup_mode, &self.cgroup_root) {
+            (Some(mode), Some(root)) => {
+                writeln!(f, "cgroup mode       {} (v2 at {root})", mode.as_str())?
+            }
+            _ => writeln!(f, "cgroup mode       no cgroup v2")?,
+        }
+        let controllers = if self.root_controllers.is_empty() {
+            "none (cpu/memory/io/pids stats unavailable below the root)".to_owned()
+        } else {
+            self.root_controllers.join(" ")
+        };
+        writeln!(f, "v2 controllers    {controllers}")?;
+        writeln!(f, "PSI               {}", yes(self.psi))?;
+        for c in &self.capabilities {
+            writeln!(f, "{:<17} {} ({})", c.name, yes(c.held), c.purpose)?;
+        }
+        for p in &self.probes {
+            match &p.error {
+                None => writeln!(f, "probe {:<11} attached", p.name)?,
+                Some(e) => writeln!(f, "probe {:<11} FAILED: {e}", p.name)?,
+            }
+        }
+        if let Some(fatal) = &self.fatal {
+            writeln!(f, "cannot run: {fatal}")?;
+        }
+        let verdict = ["ok", "degraded", "cannot run"][self.exit_code.clamp(0, 2) as usize];
+        write!(f, "result            {verdict}")
+    }
+}

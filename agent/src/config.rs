@@ -1,0 +1,114 @@
+//! Configuration: one struct per command, resolved from flags and `CGSCOPE_*`
+//! environment variables (a flag wins over the environment) in one place, by clap.
+//! Every default is documented here and shown by `--help`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use cgscope_common::runq::DEFAULT_MAX_CGROUPS;
+use clap::{Args, ValueEnum};
+
+use crate::{probes::ProbeConfig, sampler::SamplerConfig};
+
+/// Settings every command that samples shares.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingOptions {
+    /// cgroup v2 mount point to scan [default: found in /proc/self/mountinfo].
+    /// Set it when the host's cgroupfs is mounted elsewhere (agent in a container).
+    #[arg(long, env = "CGSCOPE_CGROUP_ROOT", value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// Capacity of each per-cgroup kernel map; cgroups beyond it are counted as
+    /// dropped. Memory: about 880 bytes × CPUs per cgroup that ran a task.
+    #[arg(long, env = "CGSCOPE_MAX_CGROUPS", default_value_t = DEFAULT_MAX_CGROUPS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_cgroups: u32,
+}
+
+impl SamplingOptions {
+    pub fn sampler(&self) -> SamplerConfig {
+        SamplerConfig {
+            cgroup_root: self.cgroup_root.clone(),
+            probes: ProbeConfig {
+                max_cgroups: self.max_cgroups,
+            },
+        }
+    }
+}
+
+/// `cgscope run`: the agent.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    pub sampling: SamplingOptions,
+
+    /// Length of one sampling window (e.g. 10s, 500ms, 1m).
+    #[arg(long, env = "CGSCOPE_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Address of the HTTP API (`/healthz`, `/api/v1/snapshot`).
+    #[arg(long, env = "CGSCOPE_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+}
+
+/// `cgscope snapshot`: one window, printed.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotConfig {
+    #[command(flatten)]
+    pub sampling: SamplingOptions,
+
+    /// Length of the window.
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub duration: Duration,
+
+    /// Only cgroups at or below this path (relative to the v2 root, e.g. /kubepods.slice).
+    #[arg(long = "cgroup", value_name = "PATH_PREFIX")]
+    pub cgroup: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = SnapshotFormat::Table)]
+    pub format: SnapshotFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotFormat {
+    Table,
+    Json,
+}
+
+/// `cgscope check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfig {
+    #[command(flatten)]
+    pub sampling: SamplingOptions,
+
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+/// A window length: humantime syntax, between 100 ms and 1 hour.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 10s, 500ms, 1m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?}: must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("2h").is_err());
+        assert!(parse_interval("ten").unwrap_err().contains("try 10s"));
+    }
+}

@@ -1,0 +1,236 @@
+//! Userspace half of the latency histograms: sum the per-CPU kernel copies, take the
+//! difference between two reads, and present the window as an OTLP exponential
+//! histogram with its summary (count, sum, p50, p99). Bucket layout and accuracy are
+//! documented in `cgscope_common::histogram`.
+
+use cgscope_common::histogram::{
+    Histogram, BUCKETS, MIN_OCTAVE, OTLP_OFFSET, SCALE, SUB_BUCKETS, UNITS_PER_SECOND_LOG2,
+};
+use serde::Serialize;
+
+/// Cumulative counters of one kernel histogram, summed over CPUs with wrapping
+/// arithmetic (the kernel counters are `u32` and wrap).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LatencyTotals {
+    sum_ns: u64,
+    zero_count: u32,
+    buckets: [u32; BUCKETS],
+}
+
+impl Default for LatencyTotals {
+    fn default() -> Self {
+        Self {
+            sum_ns: 0,
+            zero_count: 0,
+            buckets: [0; BUCKETS],
+        }
+    }
+}
+
+impl LatencyTotals {
+    /// Sums the per-CPU copies of one map value.
+    pub fn from_cpus<'a>(cpus: impl IntoIterator<Item = &'a Histogram>) -> Self {
+        let mut t = Self::default();
+        for h in cpus {
+            t.sum_ns = t.sum_ns.wrapping_add(h.sum_ns);
+            t.zero_count = t.zero_count.wrapping_add(h.zero_count);
+            for (acc, b) in t.buckets.iter_mut().zip(h.buckets.iter()) {
+                *acc = acc.wrapping_add(*b);
+            }
+        }
+        t
+    }
+
+    /// What was recorded after `prev` was read (all of it if there is no `prev`).
+    pub fn since(&self, prev: Option<&Self>) -> ExponentialHistogram {
+        let zero = Self::default();
+        let prev = prev.unwrap_or(&zero);
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .zip(prev.buckets.iter())
+            .map(|(now, before)| u64::from(now.wrapping_sub(*before)))
+            .collect();
+        ExponentialHistogram::from_counts(
+            self.sum_ns.wrapping_sub(prev.sum_ns),
+            u64::from(self.zero_count.wrapping_sub(prev.zero_count)),
+            &counts,
+        )
+    }
+}
+
+/// An OTLP exponential histogram of durations in seconds: bucket `offset + i` holds
+/// values in `(2^((offset+i)/2^scale), 2^((offset+i+1)/2^scale)]` seconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExponentialHistogram {
+    pub scale: i32,
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// Values at or below `zero_threshold_seconds`.
+    pub zero_count: u64,
+    pub zero_threshold_seconds: f64,
+    /// Index of `bucket_counts[0]`.
+    pub offset: i32,
+    /// From the first to the last non-empty bucket.
+    pub bucket_counts: Vec<u64>,
+}
+
+/// Upper bound in seconds of OTLP bucket `index` at [`SCALE`].
+fn upper_bound(index: i32) -> f64 {
+    2f64.powf(f64::from(index + 1) / SUB_BUCKETS as f64)
+}
+
+impl ExponentialHistogram {
+    /// Builds the histogram from window counts of the kernel buckets.
+    fn from_counts(sum_ns: u64, zero_count: u64, counts: &[u64]) -> Self {
+        let first = counts.iter().position(|&c| c > 0);
+        let last = counts.iter().rposition(|&c| c > 0);
+        let (offset, bucket_counts) = match (first, last) {
+            (Some(f), Some(l)) => (OTLP_OFFSET + f as i32, counts[f..=l].to_vec()),
+            _ => (OTLP_OFFSET, Vec::new()),
+        };
+        Self {
+            scale: SCALE,
+            count: zero_count + bucket_counts.iter().sum::<u64>(),
+            sum_seconds: sum_ns as f64 * 1e-9,
+            zero_count,
+            zero_threshold_seconds: 2f64.powi(MIN_OCTAVE as i32 - UNITS_PER_SECOND_LOG2 as i32),
+            offset,
+            bucket_counts,
+        }
+    }
+
+    /// The value below which a fraction `q` of the observations lie, interpolated
+    /// geometrically inside the bucket that holds it (linearly in the zero bucket).
+    /// 0 for an empty histogram.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        if rank <= self.zero_count as f64 {
+            return self.zero_threshold_seconds * rank / self.zero_count as f64;
+        }
+        let mut seen = self.zero_count as f64;
+        for (i, &c) in self.bucket_counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if seen + c as f64 >= rank {
+                let index = self.offset + i as i32;
+                let (lo, hi) = (upper_bound(index - 1), upper_bound(index));
+                let frac = (rank - seen) / c as f64;
+                return lo * (hi / lo).powf(frac);
+            }
+            seen += c as f64;
+        }
+        self.max_bucket_seconds()
+    }
+
+    /// Upper bound of the highest non-empty bucket (the zero threshold if only the
+    /// zero bucket has counts, 0 if empty).
+    pub fn max_bucket_seconds(&self) -> f64 {
+        if !self.bucket_counts.is_empty() {
+            upper_bound(self.offset + self.bucket_counts.len() as i32 - 1)
+        } else if self.zero_count > 0 {
+            self.zero_threshold_seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A latency histogram with its summary, as the snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub sum_seconds: f64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_bucket_seconds: f64,
+    pub histogram: ExponentialHistogram,
+}
+
+impl From<ExponentialHistogram> for LatencySummary {
+    fn from(histogram: ExponentialHistogram) -> Self {
+        Self {
+            count: histogram.count,
+            sum_seconds: histogram.sum_seconds,
+            p50_seconds: histogram.quantile(0.5),
+            p99_seconds: histogram.quantile(0.99),
+            max_bucket_seconds: histogram.max_bucket_seconds(),
+            histogram,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(values_ns: &[u64]) -> Histogram {
+        let mut h = Histogram::ZERO;
+        values_ns.iter().for_each(|&v| h.record(v));
+        h
+    }
+
+    #[test]
+    fn sums_cpus_and_takes_window_differences() {
+        let a = recorded(&[1_000, 2_000_000]);
+        let b = recorded(&[1_000, 50]);
+        let before = LatencyTotals::from_cpus([&a, &b]);
+        let a2 = recorded(&[1_000, 2_000_000, 3_000_000, 3_000_000]);
+        let after = LatencyTotals::from_cpus([&a2, &b]);
+        let window = after.since(Some(&before));
+        assert_eq!(window.count, 2);
+        assert!((window.sum_seconds - 0.006).abs() < 1e-12);
+        assert_eq!(window.zero_count, 0);
+        assert_eq!(window.bucket_counts, [2]);
+        let all = after.since(None);
+        assert_eq!((all.count, all.zero_count), (6, 1));
+    }
+
+    #[test]
+    fn wrapped_counters_still_give_the_right_difference() {
+        let mut before = LatencyTotals::default();
+        before.buckets[10] = u32::MAX - 1;
+        let mut after = before.clone();
+        after.buckets[10] = 3;
+        assert_eq!(after.since(Some(&before)).count, 5);
+    }
+
+    #[test]
+    fn quantiles_fall_in_the_bucket_of_the_true_value() {
+        let values: Vec<u64> = (1..=1000).map(|i| i * 10_000).collect(); // 10 µs .. 10 ms
+        let window = LatencyTotals::from_cpus([&recorded(&values)]).since(None);
+        let summary = LatencySummary::from(window);
+        assert_eq!(summary.count, 1000);
+        let within = |got: f64, want: f64| (got / want - 1.0).abs() < 0.0905;
+        assert!(
+            within(summary.p50_seconds, 5.0e-3),
+            "p50 {}",
+            summary.p50_seconds
+        );
+        assert!(
+            within(summary.p99_seconds, 9.9e-3),
+            "p99 {}",
+            summary.p99_seconds
+        );
+        assert!(summary.max_bucket_seconds >= 10e-3 && summary.max_bucket_seconds < 10.905e-3);
+        // bucket bounds in seconds: the OTLP offset maps buckets onto powers of 2^(1/8)
+        let first = upper_bound(summary.histogram.offset - 1);
+        assert!(first < 10e-6 && 10e-6 <= upper_bound(summary.histogram.offset));
+    }
+
+    #[test]
+    fn empty_and_zero_only() {
+        let empty = LatencyTotals::default().since(None);
+        assert_eq!(
+            (empty.count, empty.quantile(0.5), empty.max_bucket_seconds()),
+            (0, 0.0, 0.0)
+        );
+        let zeros = LatencyTotals::from_cpus([&recorded(&[10, 20])]).since(None);
+        assert!(zeros.bucket_counts.is_empty());
+        assert_eq!(zeros.max_bucket_seconds(), zeros.zero_threshold_seconds);
+    }
+}

@@ -1,0 +1,176 @@
+//! The `cgscope` command line: parse, wire, run.
+
+use std::{
+    process::ExitCode,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use cgscope::{
+    api, check,
+    config::{CheckConfig, CheckFormat, RunConfig, SnapshotConfig, SnapshotFormat},
+    sampler::Sampler,
+    table,
+};
+use clap::{Parser, Subcommand};
+
+/// Per-container kernel performance agent: run-queue latency and cgroup v2 stats
+/// for every cgroup on the node.
+#[derive(Parser)]
+#[command(name = "cgscope", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what works on this host; exit 0 ok, 1 degraded, 2 cannot run.
+    Check(CheckConfig),
+    /// Attach the probes, sample one window, print one entry per cgroup.
+    Snapshot(SnapshotConfig),
+    /// Run the agent: sample every interval, serve the HTTP API.
+    Run(RunConfig),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
+    let result = match cli.command {
+        Command::Check(config) => return check_command(&config),
+        Command::Snapshot(config) => snapshot_command(&config),
+        Command::Run(config) => run_command(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cgscope: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_command(config: &CheckConfig) -> ExitCode {
+    let report = check::run(&config.sampling.sampler());
+    match config.format {
+        CheckFormat::Text => println!("{report}"),
+        CheckFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("cgscope: {e}"),
+        },
+    }
+    ExitCode::from(report.exit_code as u8)
+}
+
+fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
+    let mut sampler = Sampler::start(&config.sampling.sampler())?;
+    for probe in sampler.probes().status().iter().filter(|p| !p.attached) {
+        log::warn!(
+            "probe {} not attached: {}",
+            probe.name,
+            probe.error.as_deref().unwrap_or("?")
+        );
+    }
+    std::thread::sleep(config.duration);
+    let snapshot = sampler.sample(config.cgroup.as_deref());
+    match config.format {
+        SnapshotFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
+        SnapshotFormat::Table => print!("{}", table::render(&snapshot)),
+    }
+    Ok(())
+}
+
+fn run_command(config: RunConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(api::bind(config.listen))
+        .map_err(anyhow::Error::msg)?;
+    let sampler = Sampler::start(&config.sampling.sampler())?;
+    for probe in sampler.probes().status() {
+        match probe.error {
+            None => log::info!("probe {} attached", probe.name),
+            Some(e) => log::warn!("probe {} not attached: {e}", probe.name),
+        }
+    }
+    log::info!(
+        "serving http://{}/api/v1/snapshot, window {:?}",
+        config.listen,
+        config.interval
+    );
+
+    let (latest_tx, latest_rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = config.interval;
+    // File reads and map syscalls block: the sampler has its own thread.
+    let sampling = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || sample_loop(sampler, interval, &stop_rx, &latest_tx))
+        .context("starting the sampler thread")?;
+
+    let served = runtime.block_on(async {
+        axum::serve(listener, api::router(latest_rx))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    let _ = stop_tx.send(());
+    if sampling.join().is_err() {
+        log::error!("the sampler thread panicked");
+    }
+    log::info!("stopped; probes detached");
+    served.context("HTTP server")
+}
+
+/// Samples at fixed deadlines (no drift) until told to stop, then drops the sampler,
+/// which detaches the probes.
+fn sample_loop(
+    mut sampler: Sampler,
+    interval: Duration,
+    stop: &mpsc::Receiver<()>,
+    latest: &tokio::sync::watch::Sender<Option<std::sync::Arc<str>>>,
+) {
+    let mut deadline = Instant::now() + interval;
+    loop {
+        match stop.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        deadline += interval;
+        let snapshot = sampler.sample(None);
+        match serde_json::to_string(&snapshot) {
+            Ok(json) => {
+                latest.send_replace(Some(json.into()));
+            }
+            Err(e) => log::error!("cannot serialise the snapshot: {e}"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                log::error!("cannot handle SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+        () = term => log::info!("SIGTERM: shutting down"),
+    }
+}
