@@ -80,9 +80,9 @@ mod tests {
     #[test]
     fn hybrid_root_has_usage_but_no_throttling() {
         let stat: CpuStat = fixture("hybrid-root").parse().unwrap();
-        assert_eq!(stat.usage_usec, 336_531_718);
-        assert_eq!(stat.user_usec, 265_805_551);
-        assert_eq!(stat.system_usec, 70_726_166);
+        assert_eq!(stat.usage_usec, 336_763_457);
+        assert_eq!(stat.user_usec, 265_857_537);
+        assert_eq!(stat.system_usec, 70_905_920);
         assert_eq!(stat.nr_periods, None);
         assert_eq!(stat.throttled_usec, None);
     }
