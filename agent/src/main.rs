@@ -140,11 +140,10 @@ fn sample_loop(
     latest: &tokio::sync::watch::Sender<Option<std::sync::Arc<str>>>,
 ) {
     let mut deadline = Instant::now() + interval;
-    loop {
-        match stop.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
+    // Anything but a timeout (a stop message, or the sender gone) ends the loop.
+    while let Err(mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
         deadline += interval;
         let snapshot = sampler.sample(None);
         match serde_json::to_string(&snapshot) {

@@ -6,12 +6,16 @@ use crate::sample::Snapshot;
 
 /// A duration in seconds with a unit that keeps three significant digits.
 pub fn duration(seconds: f64) -> String {
-    match seconds {
-        s if s == 0.0 => "0".into(),
-        s if s < 1e-6 => format!("{:.0}ns", s * 1e9),
-        s if s < 1e-3 => format!("{:.1}µs", s * 1e6),
-        s if s < 1.0 => format!("{:.1}ms", s * 1e3),
-        s => format!("{s:.2}s"),
+    if seconds == 0.0 {
+        "0".into()
+    } else if seconds < 1e-6 {
+        format!("{:.0}ns", seconds * 1e9)
+    } else if seconds < 1e-3 {
+        format!("{:.1}µs", seconds * 1e6)
+    } else if seconds < 1.0 {
+        format!("{:.1}ms", seconds * 1e3)
+    } else {
+        format!("{seconds:.2}s")
     }
 }
 

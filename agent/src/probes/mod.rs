@@ -27,7 +27,7 @@ pub enum ProbeError {
     Program {
         program: &'static str,
         hook: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         /// Tail of the verifier log, if the kernel rejected the program.
         log: String,
     },
@@ -58,7 +58,7 @@ impl ProbeError {
         Self::Program {
             program,
             hook,
-            source,
+            source: Box::new(source),
             log,
         }
     }

@@ -1,0 +1,233 @@
+//! The `cgscope` binary as an SRE runs it: `check`, the `snapshot` JSON contract,
+//! `run` with its HTTP API and a clean shutdown, and bad input.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::TestCgroup;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
+
+/// The tests attach probes and count loaded programs: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Names of the loaded BPF programs that are ours.
+fn our_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("runq_"))
+        .collect()
+}
+
+/// Our programs still loaded after `within`: the kernel frees a program after an RCU
+/// grace period once its last link and fd are closed, so a detached probe disappears
+/// shortly after, and a leaked link keeps it forever.
+fn programs_left_after(within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = our_programs();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Asserts the keys the `cgscope.snapshot/v1` contract promises.
+fn assert_snapshot_contract(snapshot: &Value) {
+    assert_eq!(snapshot["schema"], "cgscope.snapshot/v1");
+    assert!(snapshot["window_seconds"].as_f64().is_some_and(|w| w > 0.0));
+    assert!(snapshot["host"]["kernel"].is_string());
+    assert!(["unified", "hybrid"].contains(&snapshot["host"]["cgroup_mode"].as_str().unwrap_or("")));
+    let cgroups = snapshot["cgroups"].as_array().expect("cgroups[]");
+    assert!(!cgroups.is_empty());
+    for c in cgroups {
+        assert!(
+            c["path"].as_str().is_some_and(|p| p.starts_with('/')),
+            "{c}"
+        );
+        assert!(c["id"].as_u64().is_some_and(|id| id > 0), "{c}");
+        assert!(c["cpu"].get("usage_seconds").is_some(), "{c}");
+        let runq = &c["cpu"]["runq_latency"];
+        for key in [
+            "count",
+            "sum_seconds",
+            "p50_seconds",
+            "p99_seconds",
+            "max_bucket_seconds",
+        ] {
+            assert!(runq[key].is_number(), "runq_latency.{key} in {c}");
+        }
+        let h = &runq["histogram"];
+        for key in [
+            "scale",
+            "zero_count",
+            "offset",
+            "count",
+            "sum_seconds",
+            "zero_threshold_seconds",
+        ] {
+            assert!(h[key].is_number(), "histogram.{key} in {c}");
+        }
+        assert!(h["bucket_counts"].is_array());
+    }
+}
+
+#[test]
+fn check_reports_every_probe_attached() {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let out = Command::new(BIN)
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("run check");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || code == Some(1),
+        "exit {code:?}: {report}"
+    );
+    assert_eq!(report["exit_code"].as_i64().map(|c| c as i32), code);
+    let runq = report["probes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "runq"))
+        .expect("runq");
+    assert_eq!(runq["attached"], true, "{runq}");
+    assert!(report["btf"].as_bool().unwrap_or(false));
+    let left = programs_left_after(Duration::from_secs(5));
+    assert!(left.is_empty(), "check left programs loaded: {left:?}");
+}
+
+#[test]
+fn snapshot_json_keeps_the_v1_contract() {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let mut cg = TestCgroup::create("snap");
+    cg.spawn(Some(0), common::spin);
+    cg.spawn(Some(0), common::spin);
+    let out = Command::new(BIN)
+        .args([
+            "snapshot",
+            "--duration",
+            "1s",
+            "--format",
+            "json",
+            "--cgroup",
+            &cg.path,
+        ])
+        .output()
+        .expect("run snapshot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
+    assert_snapshot_contract(&snapshot);
+    let cgroups = snapshot["cgroups"].as_array().expect("cgroups");
+    assert_eq!(cgroups.len(), 1, "--cgroup filters: {cgroups:?}");
+    assert_eq!(cgroups[0]["path"], cg.path.as_str());
+    assert_eq!(cgroups[0]["id"].as_u64(), Some(cg.id()));
+    assert!(cgroups[0]["cpu"]["runq_latency"]["count"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+}
+
+#[test]
+fn run_serves_the_api_and_detaches_on_sigterm() {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let addr = "127.0.0.1:19464";
+    let mut agent = Command::new(BIN)
+        .args(["run", "--interval", "1s", "--listen", addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+
+    let started = Instant::now();
+    let snapshot = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no snapshot served within 20s"
+        );
+        if let Ok((200, body)) = get(addr, "/api/v1/snapshot") {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_snapshot_contract(&serde_json::from_str(&snapshot).expect("API JSON"));
+    assert_eq!(get(addr, "/healthz").expect("healthz").0, 200);
+    assert!(
+        !our_programs().is_empty(),
+        "agent runs without its programs"
+    );
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = agent.wait().expect("wait agent");
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .map(|mut s| s.read_to_string(&mut stderr));
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    let left = programs_left_after(Duration::from_secs(5));
+    assert!(left.is_empty(), "programs left after shutdown: {left:?}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_not_a_panic() {
+    let _serial = serial();
+    for (args, needle) in [
+        (&["run", "--interval", "ten"][..], "try 10s"),
+        (
+            &["snapshot", "--duration", "0s"][..],
+            "between 100ms and 1h",
+        ),
+        (
+            &["run", "--listen", "nowhere"][..],
+            "invalid socket address",
+        ),
+        (
+            &["snapshot", "--cgroup-root", "/nonexistent/cgroup"][..],
+            "/nonexistent/cgroup",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
