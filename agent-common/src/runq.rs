@@ -1,9 +1,10 @@
 //! Run-queue latency: what the `runq` programs keep in the kernel.
 
 /// Capacity of `RUNQ_START`: tasks that are runnable but not yet running, system-wide.
-/// Bounded by the number of runnable tasks; the map is LRU, so a task that exits while
-/// it holds an entry is evicted instead of leaking.
-pub const MAX_QUEUED_TASKS: u32 = 32_768;
+/// Bounded by the number of runnable tasks, which is far below this on any node. An
+/// entry is removed when its task runs; a wakeup of a task that is on a CPU stores
+/// nothing, so no entry waits for a switch-in that never comes.
+pub const MAX_QUEUED_TASKS: u32 = 16_384;
 
 /// Default capacity of `RUNQ_HIST`, one entry per cgroup that ran a task. The agent
 /// overrides it from its configuration and deletes the entries of removed cgroups.
@@ -15,7 +16,7 @@ pub mod drop {
     pub const START_FULL: u32 = 0;
     /// `RUNQ_HIST` is full: a new cgroup could not get a histogram.
     pub const HIST_FULL: u32 = 1;
-    /// A kernel read (`bpf_probe_read_kernel`) failed.
+    /// A task's cgroup id could not be read (a bad pointer on the way).
     pub const READ_FAILED: u32 = 2;
     /// Number of slots.
     pub const SLOTS: u32 = 3;
@@ -41,6 +42,8 @@ const _: () = assert!(core::mem::size_of::<QueuedTask>() == 16);
 pub struct TaskOffsets {
     /// `task_struct.pid`
     pub task_pid: u32,
+    /// `task_struct.on_cpu` (`int`, 1 while the task runs on a CPU)
+    pub task_on_cpu: u32,
     /// `task_struct.cgroups` (`struct css_set *`)
     pub task_cgroups: u32,
     /// `css_set.dfl_cgrp` (`struct cgroup *`, the cgroup v2 one)
@@ -49,7 +52,6 @@ pub struct TaskOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (`u64`, the cgroup id; since 5.5)
     pub kernfs_node_id: u32,
-    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use cgscope_common::{
@@ -20,7 +20,7 @@ use cgscope_common::{
     runq::{drop, QueuedTask, DEFAULT_MAX_CGROUPS, MAX_QUEUED_TASKS},
 };
 
-use crate::kernel::{offsets, task_cgroup_id, task_pid};
+use crate::kernel::{offsets, task_cgroup_id, task_on_cpu, task_pid};
 
 /// `BPF_F_NO_PREALLOC`: histograms are allocated for the cgroups that run tasks,
 /// not for the whole capacity times the number of CPUs.
@@ -28,9 +28,10 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// `TASK_RUNNING`, the `prev_state` of a task that stays on the run queue.
 const TASK_RUNNING: u64 = 0;
 
-/// Runnable tasks waiting for a CPU, keyed by thread id.
+/// Runnable tasks waiting for a CPU, keyed by thread id. Preallocated: these hooks
+/// run under the run-queue lock, where nothing may allocate.
 #[map]
-static RUNQ_START: LruHashMap<u32, QueuedTask> = LruHashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
+static RUNQ_START: HashMap<u32, QueuedTask> = HashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
 
 /// Per-cgroup run-queue latency histograms, keyed by cgroup id.
 #[map]
@@ -66,8 +67,9 @@ pub fn runq_switch(ctx: BtfTracePointContext) -> i32 {
 
 fn try_wakeup(task: *const u8) -> Result<(), u32> {
     let off = offsets();
-    let pid = task_pid(task, &off)?;
-    if pid == 0 {
+    let pid = task_pid(task, &off);
+    // A task woken while it runs (ttwu_runnable) does not wait.
+    if pid == 0 || task_on_cpu(task, &off) {
         return Ok(());
     }
     let cgroup_id = task_cgroup_id(task, &off)?;
@@ -91,7 +93,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), u32> {
         }
     }
 
-    let next_pid = task_pid(next, &offsets())?;
+    let next_pid = task_pid(next, &offsets());
     if next_pid == 0 {
         return Ok(());
     }

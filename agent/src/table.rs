@@ -41,7 +41,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "{:>8} {:>9} {:>10} {:>9} {:>9} {:>9}  PATH",
-        "CPU", "RUNQ-WAIT", "WAKEUPS", "P50", "P99", "MAX"
+        "CPU", "RUNQ-WAIT", "WAITS", "P50", "P99", "MAX"
     );
     let mut rows: Vec<_> = snapshot.cgroups.iter().collect();
     let wait = |c: &&crate::sample::CgroupSample| {

@@ -1,1 +1,55 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test | vm | bench`.
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: pinned nightly + rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up if needed, build, and run the agent with its defaults (`cgscope run`).
+    Run {
+        /// Extra arguments for `cgscope run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// fmt check, clippy, unit and integration tests here, then the VM kernels.
+    Test {
+        /// Skip the VM kernels.
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Run the integration tests inside qemu on other kernels (pure cgroup v2).
+    Vm(vm::VmArgs),
+    /// Benchmarks; prints a table with ratios against a reference.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
+            let bin = cmd::workspace_root().join("target/release/cgscope");
+            let mut all = vec!["run".to_owned()];
+            all.extend(args);
+            cmd::exec(&bin, &all)
+        }
+        Task::Test { no_vm } => test::run(!no_vm),
+        Task::Vm(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    }
+}

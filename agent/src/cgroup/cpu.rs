@@ -88,6 +88,18 @@ mod tests {
     }
 
     #[test]
+    fn throttled_pure_v2_cgroup() {
+        // captured on Debian 6.12, cpu.max "20000 100000", one busy loop for 3 s
+        let stat: CpuStat = fixture("unified-6.12-throttled").parse().unwrap();
+        assert_eq!(stat.usage_usec, 621_947);
+        assert_eq!(stat.user_usec + stat.system_usec, 621_947);
+        assert_eq!(stat.nr_periods, Some(30));
+        assert_eq!(stat.nr_throttled, Some(30));
+        assert_eq!(stat.throttled_usec, Some(2_336_079));
+        assert_eq!((stat.nr_bursts, stat.burst_usec), (Some(0), Some(0)));
+    }
+
+    #[test]
     fn malformed_values_are_errors_not_zero() {
         assert!("usage_usec x\n".parse::<CpuStat>().is_err());
         assert!("user_usec 1\n".parse::<CpuStat>().is_err());

@@ -82,11 +82,11 @@ pub struct Probes {
 pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
     Ok(TaskOffsets {
         task_pid: btf.offset_of("task_struct", "pid", 4)?,
+        task_on_cpu: btf.offset_of("task_struct", "on_cpu", 4)?,
         task_cgroups: btf.offset_of("task_struct", "cgroups", 8)?,
         css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp", 8)?,
         cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
         kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
-        _pad: 0,
     })
 }
 

@@ -26,7 +26,7 @@ const PROGRAMS: [(&str, &str); 3] = [
 
 /// Names of the `RUNQ_DROPS` slots, in slot order.
 const DROP_REASONS: [&str; drop::SLOTS as usize] =
-    ["start_map_full", "cgroup_map_full", "read_failed"];
+    ["start_map_full", "cgroup_map_full", "cgroup_unreadable"];
 
 /// The attached probe and its maps.
 pub struct Runq {

@@ -1,0 +1,111 @@
+//! `cargo xtask setup`: installs only what is missing, and says what it did.
+//! Idempotent: a second run checks and does nothing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::cmd;
+
+/// bpf-linker 0.11+ needs an external LLVM 21-23; 0.10.2 uses the LLVM inside the
+/// pinned nightly (LLVM 22).
+const BPF_LINKER_VERSION: &str = "0.10.2";
+
+/// Debian packages the tests and benchmarks use, with why.
+pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "cargo xtask vm: boots the 6.1 and 6.12 kernels",
+    ),
+    ("busybox-static", "cargo xtask vm: the VM's userland"),
+    ("cpio", "cargo xtask vm: packs the initramfs"),
+    ("binutils", "cargo xtask vm: strips the test binaries"),
+    (
+        "bpftool",
+        "cargo xtask bench: per-program run time (bpf_stats)",
+    ),
+    ("libbpf-tools", "cargo xtask bench: runqlat, the reference"),
+    (
+        "linux-perf",
+        "cargo xtask bench: perf bench sched messaging, the workload",
+    ),
+];
+
+/// The nightly that builds `agent-ebpf`; defined once, in `agent-ebpf/rust-toolchain-pin`.
+pub fn ebpf_toolchain() -> anyhow::Result<String> {
+    let path = cmd::workspace_root().join("agent-ebpf/rust-toolchain-pin");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let mut did = Vec::new();
+    let toolchain = ebpf_toolchain()?;
+
+    let has_rust_src = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        &toolchain,
+    ]))
+    .is_ok_and(|out| out.lines().any(|l| l.starts_with("rust-src")));
+    if !has_rust_src {
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            &toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        did.push(format!("installed toolchain {toolchain} with rust-src"));
+    }
+
+    let linker = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        cmd::run(cmd::cargo_command().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+        did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
+    }
+
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !debian_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !Path::new("/usr/bin/apt-get").exists() {
+            bail!("missing Debian packages {missing:?} and no apt-get to install them");
+        }
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+        cmd::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        did.push(format!("installed Debian packages {}", missing.join(" ")));
+    }
+
+    if did.is_empty() {
+        eprintln!("setup: everything present ({toolchain} + rust-src, bpf-linker {BPF_LINKER_VERSION}, {} Debian packages)", DEBIAN_PACKAGES.len());
+    } else {
+        for line in did {
+            eprintln!("setup: {line}");
+        }
+    }
+    Ok(())
+}
+
+fn debian_installed(package: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|s| s.contains("install ok installed"))
+}

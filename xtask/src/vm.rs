@@ -1,0 +1,371 @@
+//! `cargo xtask vm`: the integration tests inside qemu on Debian's 6.1 and 6.12 cloud
+//! kernels, with pure cgroup v2 and the cpu/io/memory/pids controllers enabled, as on
+//! a production node. The kernel packages are downloaded once into `.cache/vm`.
+//!
+//! The initramfs holds busybox, the test binaries at their build paths (so the
+//! paths compiled into them still resolve), their shared libraries and the fixtures.
+//! TCG only: KVM hangs on this machine.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use clap::ValueEnum;
+
+use crate::{cmd, setup};
+
+/// A test kernel: the Debian package pinned for repeatable runs, and the pattern
+/// for a newer build of the same series if the archive has dropped the pinned one.
+struct Kernel {
+    name: &'static str,
+    package: &'static str,
+    pattern: &'static str,
+}
+
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-50-cloud-amd64",
+        pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
+    },
+    Kernel {
+        name: "6.12",
+        package: "linux-image-6.12.100+deb12-cloud-amd64",
+        pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$",
+    },
+];
+
+/// Printed by the VM's init around each test binary.
+const RC_MARK: &str = "CGSCOPE-VM-RC";
+const DONE_MARK: &str = "CGSCOPE-VM-DONE";
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelChoice {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    #[arg(long, value_enum, default_value_t = KernelChoice::All)]
+    kernel: KernelChoice,
+    /// Give up on a VM after this many seconds.
+    #[arg(long, default_value_t = 1200)]
+    timeout: u64,
+}
+
+impl VmArgs {
+    pub fn all() -> Self {
+        Self {
+            kernel: KernelChoice::All,
+            timeout: 1200,
+        }
+    }
+}
+
+pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    setup::run()?;
+    let cache = cmd::workspace_root().join(".cache/vm");
+    fs::create_dir_all(&cache)?;
+    let binaries = build_test_binaries()?;
+    let initrd = build_initramfs(&binaries, &cache)?;
+
+    let mut results = Vec::new();
+    for kernel in KERNELS.iter().filter(|k| match args.kernel {
+        KernelChoice::All => true,
+        KernelChoice::V6_1 => k.name == "6.1",
+        KernelChoice::V6_12 => k.name == "6.12",
+    }) {
+        let vmlinuz = fetch_kernel(kernel, &cache)?;
+        let log = cache.join(format!("{}.log", kernel.name));
+        let verdict = boot(&vmlinuz, &initrd, &log, Duration::from_secs(args.timeout))
+            .and_then(|()| verdict(&fs::read_to_string(&log)?, binaries.len()));
+        results.push((kernel.name, verdict, log));
+    }
+
+    eprintln!("\nkernel  result");
+    let mut failed = false;
+    for (name, verdict, log) in &results {
+        match verdict {
+            Ok(skips) => {
+                eprintln!("{name:<7} pass");
+                for skip in skips {
+                    eprintln!("        {skip}");
+                }
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{name:<7} FAIL: {e:#} (log: {})", log.display());
+            }
+        }
+    }
+    if failed {
+        bail!("VM tests failed");
+    }
+    Ok(())
+}
+
+/// Builds the test binaries and the `cgscope` binary; returns their paths.
+fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
+    let out = cmd::output(cmd::cargo_command().args([
+        "test",
+        "-p",
+        "cgscope",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    let mut binaries = BTreeSet::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let Some(exe) = msg["executable"].as_str() {
+            binaries.insert(PathBuf::from(exe));
+        }
+    }
+    if binaries.is_empty() {
+        bail!("cargo test --no-run produced no executables");
+    }
+    Ok(binaries.into_iter().collect())
+}
+
+/// Shared libraries `binary` needs, from `ldd`.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = cmd::output(Command::new("ldd").arg(binary))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Copies `src` to the same absolute path under `root`.
+fn install(root: &Path, src: &Path) -> anyhow::Result<PathBuf> {
+    let dst = root.join(src.strip_prefix("/").unwrap_or(src));
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(src, &dst).with_context(|| format!("copy {}", src.display()))?;
+    Ok(dst)
+}
+
+/// Copies the directory tree `src` to the same absolute path under `root`.
+fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            copy_tree(root, &path)?;
+        } else {
+            install(root, &path)?;
+        }
+    }
+    Ok(())
+}
+
+fn init_script(tests: &[PathBuf]) -> String {
+    let tests: Vec<String> = tests
+        .iter()
+        .filter(|t| t.file_name().is_some_and(|n| n != "cgscope"))
+        .map(|t| t.display().to_string())
+        .collect();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+ip link set lo up
+echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+for t in {tests}; do
+  echo "== $t"
+  cd /tmp && $t --test-threads=1 --show-output
+  echo "{RC_MARK} $? $t"
+done
+echo {DONE_MARK}
+poweroff -f
+"#,
+        tests = tests.join(" ")
+    )
+}
+
+fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf> {
+    let root = cache.join("initramfs");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    fs::create_dir_all(root.join("bin"))?;
+    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    let mut libraries = BTreeSet::new();
+    for binary in binaries {
+        let dst = install(&root, binary)?;
+        cmd::run(Command::new("strip").arg("--strip-debug").arg(&dst))?;
+        libraries.extend(shared_libraries(binary)?);
+    }
+    for lib in &libraries {
+        install(&root, lib)?;
+    }
+    let fixtures = cmd::workspace_root().join("agent/tests/fixtures");
+    copy_tree(&root, &fixtures)?;
+    let init = root.join("init");
+    fs::write(&init, init_script(binaries))?;
+    cmd::run(Command::new("chmod").arg("755").arg(&init))?;
+
+    let initrd = cache.join("initrd.cpio.gz");
+    cmd::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > {}",
+                initrd.display()
+            ))
+            .current_dir(&root),
+    )?;
+    Ok(initrd)
+}
+
+/// Downloads and unpacks the kernel package once; returns its vmlinuz.
+fn fetch_kernel(kernel: &Kernel, cache: &Path) -> anyhow::Result<PathBuf> {
+    let dir = cache.join(kernel.name);
+    if let Some(vmlinuz) = find_vmlinuz(&dir) {
+        return Ok(vmlinuz);
+    }
+    fs::create_dir_all(&dir)?;
+    let download = |package: &str| {
+        cmd::succeeds(
+            Command::new("apt-get")
+                .args(["download", package])
+                .current_dir(&dir),
+        )
+    };
+    if !download(kernel.package) {
+        let newest = newest_package(kernel.pattern)?;
+        eprintln!(
+            "vm: {} is no longer in the archive; using {newest}",
+            kernel.package
+        );
+        if !download(&newest) {
+            bail!("apt-get download {newest} failed");
+        }
+    }
+    let deb = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("no .deb downloaded")?;
+    cmd::run(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+    )?;
+    find_vmlinuz(&dir).context("no boot/vmlinuz-* in the kernel package")
+}
+
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir.join("root/boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+}
+
+fn newest_package(pattern: &str) -> anyhow::Result<String> {
+    let out = cmd::output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
+    let mut names: Vec<&str> = out.lines().filter_map(|l| l.split(' ').next()).collect();
+    names.sort_by_key(|n| {
+        n.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|d| d.parse::<u32>().ok())
+            .collect::<Vec<_>>()
+    });
+    names
+        .last()
+        .map(|s| (*s).to_owned())
+        .context("no matching kernel package in the archive")
+}
+
+fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow::Result<()> {
+    eprintln!(
+        "vm: booting {} (serial log: {})",
+        vmlinuz.display(),
+        log.display()
+    );
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(log)?)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            eprintln!("vm: exited {status} after {:.0?}", started.elapsed());
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Pass if every test binary exited 0; returns the tests' "skipped:" lines.
+fn verdict(log: &str, binaries: usize) -> anyhow::Result<Vec<String>> {
+    if !log.contains(DONE_MARK) {
+        bail!("the VM did not finish its tests");
+    }
+    let rcs: Vec<&str> = log.lines().filter(|l| l.starts_with(RC_MARK)).collect();
+    let failed: Vec<&str> = rcs
+        .iter()
+        .filter(|l| !l.starts_with(&format!("{RC_MARK} 0 ")))
+        .copied()
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    // every binary but cgscope itself is a test binary
+    if rcs.len() + 1 != binaries {
+        bail!("{} of {} test binaries ran", rcs.len(), binaries - 1);
+    }
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("skipped:"))
+        .map(str::to_owned)
+        .collect())
+}
