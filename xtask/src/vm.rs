@@ -183,12 +183,12 @@ fn init_script(tests: &[PathBuf]) -> String {
         .collect();
     format!(
         r#"#!/bin/busybox sh
+# The initramfs root is writable: no tmpfs, which would hide binaries built under /tmp.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 ip link set lo up
