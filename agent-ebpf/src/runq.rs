@@ -89,7 +89,8 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), u32> {
         if prev_pid != 0 {
             // SAFETY: helper without preconditions.
             let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            enqueue(prev_pid, cgroup_id, now)?;
+            // A full start map must not also cost `next` its measurement.
+            count_drop(enqueue(prev_pid, cgroup_id, now));
         }
     }
 

@@ -65,6 +65,14 @@ pub fn run() -> anyhow::Result<()> {
         did.push(format!("installed toolchain {toolchain} with rust-src"));
     }
 
+    // `xtask test` runs fmt and clippy on the host toolchain.
+    let has_lints = cmd::succeeds(cmd::cargo_command().args(["fmt", "--version"]))
+        && cmd::succeeds(cmd::cargo_command().args(["clippy", "--version"]));
+    if !has_lints {
+        cmd::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+        did.push("installed rustfmt and clippy".to_owned());
+    }
+
     let linker = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         cmd::run(cmd::cargo_command().args([
