@@ -11,3 +11,4 @@ pub mod probes;
 pub mod sample;
 pub mod sampler;
 pub mod table;
+pub mod window;

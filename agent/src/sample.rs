@@ -55,15 +55,141 @@ pub struct CgroupSample {
     /// The cgroup was removed during the window; what it recorded before is kept.
     pub removed: bool,
     pub cpu: CpuSample,
+    /// `null` without the memory controller.
+    pub memory: Option<MemorySample>,
+    /// `null` without the io controller.
+    pub io: Option<IoSample>,
+    /// `null` without the pids controller.
+    pub pids: Option<PidsSample>,
+    pub pressure: PressureSample,
+    /// Gauges from `cgroup.stat`.
+    pub descendants: Option<u64>,
+    pub dying_descendants: Option<u64>,
 }
 
+/// CPU. Counters (`*_seconds`, `periods`, `throttled_periods`, `bursts`) are deltas
+/// over the window; `limit_cores`, `burst_limit_seconds`, `weight` are gauges.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuSample {
     /// CPU time used within the window (`cpu.stat` usage_usec).
     pub usage_seconds: Option<f64>,
     pub user_seconds: Option<f64>,
     pub system_seconds: Option<f64>,
+    /// Enforcement periods that ran, and those that hit the quota (`cpu.max`).
+    pub periods: Option<u64>,
+    pub throttled_periods: Option<u64>,
+    /// Time the cgroup's tasks could not run because the quota was used up.
+    pub throttled_seconds: Option<f64>,
+    pub bursts: Option<u64>,
+    pub burst_seconds: Option<f64>,
+    /// Quota / period from `cpu.max`; `null` without a quota.
+    pub limit_cores: Option<f64>,
+    pub burst_limit_seconds: Option<f64>,
+    pub weight: Option<u64>,
     /// Run-queue latency of this cgroup's tasks in the window; `null` when the
     /// `runq` probe is not attached.
     pub runq_latency: Option<LatencySummary>,
+}
+
+/// Memory. `*_bytes` are gauges at the end of the window (limits: `null` = no limit);
+/// `pgfault`, `pgmajfault`, `workingset_*` and `events` are deltas over the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemorySample {
+    pub current_bytes: u64,
+    /// `current - inactive_file`, as cAdvisor's container_memory_working_set_bytes.
+    pub working_set_bytes: Option<u64>,
+    pub anon_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub kernel_bytes: Option<u64>,
+    pub sock_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    pub file_mapped_bytes: Option<u64>,
+    pub file_dirty_bytes: Option<u64>,
+    pub file_writeback_bytes: Option<u64>,
+    pub inactive_file_bytes: Option<u64>,
+    pub active_file_bytes: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub high_bytes: Option<u64>,
+    pub low_bytes: Option<u64>,
+    pub min_bytes: Option<u64>,
+    pub peak_bytes: Option<u64>,
+    pub swap_current_bytes: Option<u64>,
+    pub swap_max_bytes: Option<u64>,
+    pub pgfault: Option<u64>,
+    pub pgmajfault: Option<u64>,
+    pub workingset_refault_anon: Option<u64>,
+    pub workingset_refault_file: Option<u64>,
+    pub workingset_activate_anon: Option<u64>,
+    pub workingset_activate_file: Option<u64>,
+    pub workingset_restore_anon: Option<u64>,
+    pub workingset_restore_file: Option<u64>,
+    pub workingset_nodereclaim: Option<u64>,
+    pub events: Option<MemoryEventsSample>,
+}
+
+/// `memory.events` deltas over the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryEventsSample {
+    pub low: Option<u64>,
+    pub high: Option<u64>,
+    pub max: Option<u64>,
+    pub oom: Option<u64>,
+    pub oom_kill: Option<u64>,
+    pub oom_group_kill: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoSample {
+    pub devices: Vec<IoDeviceSample>,
+}
+
+/// One block device. Counts are deltas over the window, `*_iops` their rates, the
+/// limits gauges from `io.max` (`null` = no limit).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoDeviceSample {
+    /// `"MAJ:MIN"`
+    pub device: String,
+    /// Kernel name (`sda`, `nvme0n1`), if the device still exists.
+    pub name: Option<String>,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub discard_ops: u64,
+    pub discard_bytes: u64,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub limit_read_bps: Option<u64>,
+    pub limit_write_bps: Option<u64>,
+    pub limit_read_iops: Option<u64>,
+    pub limit_write_iops: Option<u64>,
+}
+
+/// `current` and `max` are gauges (`max` `null` = no limit); `max_events` counts forks
+/// refused by `pids.max` in the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PidsSample {
+    pub current: u64,
+    pub max: Option<u64>,
+    pub max_events: Option<u64>,
+}
+
+/// Pressure stall information per resource; `null` where the kernel has no file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PressureSample {
+    pub cpu: Option<PressureWindow>,
+    pub memory: Option<PressureWindow>,
+    pub io: Option<PressureWindow>,
+    pub irq: Option<PressureWindow>,
+}
+
+/// Stall time within the window (`some`: at least one task stalled; `full`: all
+/// non-idle tasks stalled at once), and the kernel's 10-second averages (percent) at
+/// the end of the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PressureWindow {
+    pub some_seconds: Option<f64>,
+    pub full_seconds: Option<f64>,
+    pub some_avg10: Option<f64>,
+    pub full_avg10: Option<f64>,
 }

@@ -9,10 +9,17 @@ use std::{
 };
 
 use crate::{
-    cgroup::{self, cpu::CpuStat, mount::CgroupMounts, tree::CgroupDir},
+    cgroup::{
+        self,
+        io::DeviceNames,
+        mount::CgroupMounts,
+        stats::{CgroupStats, StatsReader},
+        tree::CgroupDir,
+    },
     histogram::{LatencySummary, LatencyTotals},
     probes::{ProbeConfig, Probes},
-    sample::{CgroupSample, CpuSample, Host, Snapshot, SCHEMA},
+    sample::{CgroupSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
+    window,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +46,7 @@ pub struct SamplerConfig {
 /// Cumulative counters of one cgroup at the previous read.
 struct Previous {
     path: String,
-    cpu: Option<CpuStat>,
+    stats: CgroupStats,
     runq: Option<LatencyTotals>,
 }
 
@@ -53,6 +60,7 @@ pub struct Sampler {
     dirs: Vec<CgroupDir>,
     runq: HashMap<u64, LatencyTotals>,
     text: String,
+    devices: DeviceNames,
 }
 
 /// Finds the cgroup v2 root and the host's cgroup mode.
@@ -94,6 +102,7 @@ impl Sampler {
             dirs: Vec::new(),
             runq: HashMap::new(),
             text: String::new(),
+            devices: DeviceNames::default(),
         };
         let _baseline = sampler.sample(None);
         Ok(sampler)
@@ -119,39 +128,53 @@ impl Sampler {
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
         let mut cgroups = Vec::with_capacity(self.dirs.len());
         let runq_attached = self.probes.runq.is_ok();
+        let mut errors = Vec::new();
         for dir in &self.dirs {
-            let cpu = match cgroup::read_file(&dir.dir, "cpu.stat", &mut self.text) {
-                Ok(true) => match self.text.parse::<CpuStat>() {
-                    Ok(stat) => Some(stat),
-                    Err(reason) => {
-                        log::warn!("malformed {}/cpu.stat: {reason}", dir.dir.display());
-                        None
-                    }
-                },
-                Ok(false) => continue, // removed during the scan
-                Err(e) => {
-                    log::warn!("{e}");
-                    None
-                }
+            let mut reader = StatsReader::new(&dir.dir, &mut self.text);
+            let stats = reader.read();
+            errors.append(&mut reader.errors);
+            let Some(stats) = stats else {
+                continue; // removed during the scan
             };
             let prev = self.previous.get(&dir.id);
             let runq = self.runq.get(&dir.id).cloned();
-            let sample = CgroupSample {
-                path: dir.path.clone(),
-                id: dir.id,
-                removed: false,
-                cpu: cpu_sample(cpu, prev, runq.as_ref(), runq_attached),
-            };
             if prefix.is_none_or(|p| cgroup::tree::under(&dir.path, p)) {
-                cgroups.push(sample);
+                let before = prev.map(|p| &p.stats);
+                let mut cpu = window::cpu(&stats, before);
+                cpu.runq_latency = runq_attached.then(|| {
+                    let now = runq.clone().unwrap_or_default();
+                    LatencySummary::from(now.since(prev.and_then(|p| p.runq.as_ref())))
+                });
+                cgroups.push(CgroupSample {
+                    path: dir.path.clone(),
+                    id: dir.id,
+                    removed: false,
+                    cpu,
+                    memory: stats
+                        .memory
+                        .as_ref()
+                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
+                    io: window::io(&stats, before, window, &mut self.devices),
+                    pids: window::pids(&stats, before),
+                    pressure: window::pressure(&stats, before),
+                    descendants: stats.cgroup.and_then(|c| c.nr_descendants),
+                    dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
+                });
             }
             next.insert(
                 dir.id,
                 Previous {
                     path: dir.path.clone(),
-                    cpu,
+                    stats,
                     runq,
                 },
+            );
+        }
+        if let Some(first) = errors.first() {
+            // One line per scan, however many files are bad: no error storm.
+            log::warn!(
+                "{first} (and {} more problems in this scan)",
+                errors.len() - 1
             );
         }
 
@@ -175,6 +198,12 @@ impl Sampler {
                             runq_latency: Some(window_runq.into()),
                             ..CpuSample::default()
                         },
+                        memory: None,
+                        io: None,
+                        pids: None,
+                        pressure: PressureSample::default(),
+                        descendants: None,
+                        dying_descendants: None,
                     });
                 }
             }
@@ -196,27 +225,5 @@ impl Sampler {
             probes: self.probes.status(),
             cgroups,
         }
-    }
-}
-
-/// CPU figures of one cgroup for the window. A cgroup not seen at the previous read
-/// was created during the window, so all its usage belongs to the window.
-fn cpu_sample(
-    cpu: Option<CpuStat>,
-    prev: Option<&Previous>,
-    runq: Option<&LatencyTotals>,
-    runq_attached: bool,
-) -> CpuSample {
-    let before = prev.and_then(|p| p.cpu).unwrap_or_default();
-    let seconds = |now: u64, then: u64| now.saturating_sub(then) as f64 * 1e-6;
-    let runq_latency = runq_attached.then(|| {
-        let now = runq.cloned().unwrap_or_default();
-        LatencySummary::from(now.since(prev.and_then(|p| p.runq.as_ref())))
-    });
-    CpuSample {
-        usage_seconds: cpu.map(|c| seconds(c.usage_usec, before.usage_usec)),
-        user_seconds: cpu.map(|c| seconds(c.user_usec, before.user_usec)),
-        system_seconds: cpu.map(|c| seconds(c.system_usec, before.system_usec)),
-        runq_latency,
     }
 }

@@ -1,23 +1,23 @@
-//! `cpu.stat`.
+//! `cpu.stat`, `cpu.max`, `cpu.max.burst`, `cpu.weight`.
 
-use serde::Serialize;
+use super::format::{flat, limit, number, FormatError};
 
-/// `cpu.stat`, a flat-keyed file (Documentation/admin-guide/cgroup-v2.rst):
+/// `cpu.stat`, flat keyed:
 ///
 /// ```text
 /// usage_usec 336531718
 /// user_usec 265805551
 /// system_usec 70726166
-/// nr_periods 0           (these five with the cpu controller enabled)
-/// nr_throttled 0
-/// throttled_usec 0
+/// nr_periods 30          (these five with the cpu controller enabled)
+/// nr_throttled 30
+/// throttled_usec 2336079
 /// nr_bursts 0
 /// burst_usec 0
 /// ```
 ///
 /// The usage fields exist in every v2 cgroup; the throttling fields only where the
 /// `cpu` controller is enabled, so they are `None` otherwise. Unknown keys are ignored.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CpuStat {
     pub usage_usec: u64,
     pub user_usec: u64,
@@ -30,15 +30,12 @@ pub struct CpuStat {
 }
 
 impl std::str::FromStr for CpuStat {
-    type Err = String;
+    type Err = FormatError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, FormatError> {
         let mut stat = Self::default();
         let mut have_usage = false;
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(' ') else {
-                continue;
-            };
+        for (key, value) in flat(text) {
             let field = match key {
                 "usage_usec" => {
                     have_usage = true;
@@ -53,10 +50,7 @@ impl std::str::FromStr for CpuStat {
                 "burst_usec" => stat.burst_usec.insert(0),
                 _ => continue,
             };
-            *field = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("{key}: not a number: {value:?}"))?;
+            *field = number(value).map_err(|e| format!("{key}: {e}"))?;
         }
         if !have_usage {
             return Err("no usage_usec".into());
@@ -65,21 +59,44 @@ impl std::str::FromStr for CpuStat {
     }
 }
 
+/// `cpu.max`: `$MAX $PERIOD`, `$MAX` being a quota in µs or `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuMax {
+    pub quota_usec: Option<u64>,
+    pub period_usec: u64,
+}
+
+impl CpuMax {
+    /// The limit in CPUs (quota / period); `None` without a quota.
+    pub fn cores(&self) -> Option<f64> {
+        let quota = self.quota_usec?;
+        (self.period_usec > 0).then(|| quota as f64 / self.period_usec as f64)
+    }
+}
+
+impl std::str::FromStr for CpuMax {
+    type Err = FormatError;
+
+    fn from_str(text: &str) -> Result<Self, FormatError> {
+        let mut fields = text.split_whitespace();
+        let (Some(quota), Some(period)) = (fields.next(), fields.next()) else {
+            return Err(format!("expected \"$MAX $PERIOD\", got {text:?}"));
+        };
+        Ok(Self {
+            quota_usec: limit(quota)?,
+            period_usec: number(period)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> String {
-        let path = format!(
-            "{}/tests/fixtures/cpu.stat/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::cgroup::fixture;
 
     #[test]
     fn hybrid_root_has_usage_but_no_throttling() {
-        let stat: CpuStat = fixture("hybrid-root").parse().unwrap();
+        let stat: CpuStat = fixture("cpu.stat/hybrid-root").parse().unwrap();
         assert_eq!(stat.usage_usec, 336_763_457);
         assert_eq!(stat.user_usec, 265_857_537);
         assert_eq!(stat.system_usec, 70_905_920);
@@ -90,7 +107,7 @@ mod tests {
     #[test]
     fn throttled_pure_v2_cgroup() {
         // captured on Debian 6.12, cpu.max "20000 100000", one busy loop for 3 s
-        let stat: CpuStat = fixture("unified-6.12-throttled").parse().unwrap();
+        let stat: CpuStat = fixture("cpu.stat/unified-6.12-throttled").parse().unwrap();
         assert_eq!(stat.usage_usec, 621_947);
         assert_eq!(stat.user_usec + stat.system_usec, 621_947);
         assert_eq!(stat.nr_periods, Some(30));
@@ -106,5 +123,15 @@ mod tests {
         assert!("".parse::<CpuStat>().is_err());
         let stat: CpuStat = "usage_usec 5\nfuture_key 9\ngarbage\n".parse().unwrap();
         assert_eq!(stat.usage_usec, 5);
+    }
+
+    #[test]
+    fn cpu_max_quota_and_unlimited() {
+        let max: CpuMax = fixture("unified-6.12-container/cpu.max").parse().unwrap();
+        assert_eq!(max.cores(), Some(0.5));
+        let unlimited: CpuMax = "max 100000\n".parse().unwrap();
+        assert_eq!((unlimited.quota_usec, unlimited.cores()), (None, None));
+        assert!("50000".parse::<CpuMax>().is_err());
+        assert!("max x".parse::<CpuMax>().is_err());
     }
 }

@@ -3,16 +3,25 @@
 //! for the whole scan.
 
 pub mod cpu;
+pub mod format;
+pub mod io;
+pub mod memory;
 pub mod mount;
+pub mod pids;
+pub mod pressure;
+pub mod stats;
 pub mod tree;
 
-use std::{io, path::Path};
+use std::path::Path;
 
 /// Errors reading one cgroup file.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("malformed {path}: {reason}")]
     Malformed { path: String, reason: String },
 }
@@ -36,6 +45,13 @@ pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, Cgrou
 
 /// ENOENT when the file or cgroup does not exist; ENODEV when the cgroup was removed
 /// after the file was opened.
-pub fn is_gone(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+pub fn is_gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
+/// A fixture file's text, for the parser tests.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -1,0 +1,82 @@
+//! Pressure stall information: `cpu.pressure`, `memory.pressure`, `io.pressure`,
+//! `irq.pressure` in a cgroup, and `/proc/pressure/*` for the host.
+
+use super::format::{nested, number, FormatError};
+
+/// One PSI file (Documentation/accounting/psi.rst):
+///
+/// ```text
+/// some avg10=22.18 avg60=4.65 avg300=0.99 total=3077386
+/// full avg10=22.18 avg60=4.65 avg300=0.99 total=3077386
+/// ```
+///
+/// `total` is cumulative stall time in µs; `avg10` a percentage over 10 s.
+/// `irq.pressure` has only a `full` line; host `cpu` has `full` since 5.13.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    pub some: Option<Stall>,
+    pub full: Option<Stall>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Stall {
+    pub total_usec: u64,
+    pub avg10: f64,
+}
+
+impl std::str::FromStr for Pressure {
+    type Err = FormatError;
+
+    fn from_str(text: &str) -> Result<Self, FormatError> {
+        let mut out = Self::default();
+        for (kind, fields) in nested(text) {
+            let mut stall = Stall::default();
+            let mut have_total = false;
+            for (name, value) in fields {
+                match name {
+                    "total" => {
+                        stall.total_usec = number(value)?;
+                        have_total = true;
+                    }
+                    "avg10" => {
+                        stall.avg10 = value.parse().map_err(|_| format!("avg10: {value:?}"))?
+                    }
+                    _ => {}
+                }
+            }
+            if !have_total {
+                return Err(format!("{kind}: no total"));
+            }
+            match kind {
+                "some" => out.some = Some(stall),
+                "full" => out.full = Some(stall),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::fixture;
+
+    #[test]
+    fn cgroup_and_host_files() {
+        let cpu: Pressure = fixture("unified-6.12-container/cpu.pressure")
+            .parse()
+            .unwrap();
+        let some = cpu.some.unwrap();
+        assert_eq!((some.total_usec, some.avg10), (3_077_386, 22.18));
+        assert!(cpu.full.is_some());
+        let host: Pressure = fixture("host-6.12/pressure-cpu").parse().unwrap();
+        assert!(host.some.is_some());
+        let irq: Pressure = "full avg10=0.00 avg60=0.00 avg300=0.00 total=2811\n"
+            .parse()
+            .unwrap();
+        assert!(irq.some.is_none() && irq.full.is_some());
+        assert!("some avg10=1.0\n".parse::<Pressure>().is_err());
+        assert!("some avg10=x total=1\n".parse::<Pressure>().is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Everything cgscope reads from one cgroup directory, as the kernel keeps it
+//! (cumulative counters, current gauges). A file that does not exist (controller not
+//! enabled, older kernel) leaves its field `None`; a malformed file does the same and
+//! is reported once per scan by the caller.
+
+use std::path::Path;
+
+use super::{
+    cpu::{CpuMax, CpuStat},
+    format::{flat, limit, number, FormatError},
+    io::{parse_io_max, parse_io_stat, Device, IoMax, IoStat},
+    memory::{flat_keyed, MemoryEvents, MemoryStat},
+    pids::PidsEvents,
+    pressure::Pressure,
+    read_file, CgroupError,
+};
+
+/// `cgroup.stat`: live and dying descendant cgroups (gauges).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupStat {
+    pub nr_descendants: Option<u64>,
+    pub nr_dying_descendants: Option<u64>,
+}
+
+flat_keyed!(CgroupStat {
+    nr_descendants,
+    nr_dying_descendants
+});
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemoryStats {
+    pub current: u64,
+    pub stat: Option<MemoryStat>,
+    pub events: Option<MemoryEvents>,
+    /// Limits: `None` is `max` (no limit) or absent.
+    pub max: Option<u64>,
+    pub high: Option<u64>,
+    pub low: Option<u64>,
+    pub min: Option<u64>,
+    pub peak: Option<u64>,
+    pub swap_current: Option<u64>,
+    pub swap_max: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PidsStats {
+    pub current: u64,
+    pub max: Option<u64>,
+    pub events: Option<PidsEvents>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CgroupStats {
+    pub cpu: CpuStat,
+    pub cpu_max: Option<CpuMax>,
+    pub cpu_max_burst_usec: Option<u64>,
+    pub cpu_weight: Option<u64>,
+    pub memory: Option<MemoryStats>,
+    /// `None` when the io controller is not enabled.
+    pub io: Option<Vec<(Device, IoStat)>>,
+    pub io_max: Vec<(Device, IoMax)>,
+    pub pids: Option<PidsStats>,
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+    pub irq_pressure: Option<Pressure>,
+    pub cgroup: Option<CgroupStat>,
+}
+
+/// Reads and parses the files of one cgroup, reusing one text buffer.
+pub struct StatsReader<'a> {
+    dir: &'a Path,
+    text: &'a mut String,
+    /// Problems met, for the caller to report (a scan never stops on one).
+    pub errors: Vec<CgroupError>,
+}
+
+impl<'a> StatsReader<'a> {
+    pub fn new(dir: &'a Path, text: &'a mut String) -> Self {
+        Self {
+            dir,
+            text,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Reads `name`; `None` if absent or unreadable (the latter recorded).
+    fn text(&mut self, name: &str) -> Option<&str> {
+        match read_file(self.dir, name, self.text) {
+            Ok(true) => Some(self.text.as_str()),
+            Ok(false) => None,
+            Err(e) => {
+                self.errors.push(e);
+                None
+            }
+        }
+    }
+
+    fn malformed(&mut self, name: &str, reason: FormatError) {
+        self.errors.push(CgroupError::Malformed {
+            path: self.dir.join(name).display().to_string(),
+            reason,
+        });
+    }
+
+    /// Reads and parses `name` with `parse`; `None` if absent or malformed.
+    fn parse<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, FormatError>,
+    ) -> Option<T> {
+        let result = parse(self.text(name)?);
+        result.map_err(|e| self.malformed(name, e)).ok()
+    }
+
+    /// A single-value file that may say `max`: `None` for `max`, absent or malformed.
+    fn limit(&mut self, name: &str) -> Option<u64> {
+        self.parse(name, limit).flatten()
+    }
+
+    /// Reads every file. `None` if the cgroup is gone (`cpu.stat` exists in every
+    /// v2 cgroup, with or without controllers).
+    pub fn read(&mut self) -> Option<CgroupStats> {
+        let cpu = self.parse("cpu.stat", str::parse::<CpuStat>)?;
+        let memory = self
+            .parse("memory.current", |t| number(t.trim()))
+            .map(|current| MemoryStats {
+                current,
+                stat: self.parse("memory.stat", str::parse),
+                events: self.parse("memory.events", str::parse),
+                max: self.limit("memory.max"),
+                high: self.limit("memory.high"),
+                low: self.limit("memory.low"),
+                min: self.limit("memory.min"),
+                peak: self.limit("memory.peak"),
+                swap_current: self.limit("memory.swap.current"),
+                swap_max: self.limit("memory.swap.max"),
+            });
+        let pids = self
+            .parse("pids.current", |t| number(t.trim()))
+            .map(|current| PidsStats {
+                current,
+                max: self.limit("pids.max"),
+                events: self.parse("pids.events", str::parse),
+            });
+        let mut io = Vec::new();
+        let io = self
+            .parse("io.stat", |t| parse_io_stat(t, &mut io))
+            .map(|()| io);
+        let mut io_max = Vec::new();
+        let _ = self.parse("io.max", |t| parse_io_max(t, &mut io_max));
+        Some(CgroupStats {
+            cpu,
+            cpu_max: self.parse("cpu.max", str::parse),
+            cpu_max_burst_usec: self.parse("cpu.max.burst", |t| number(t.trim())),
+            cpu_weight: self.parse("cpu.weight", |t| number(t.trim())),
+            memory,
+            io,
+            io_max,
+            pids,
+            cpu_pressure: self.parse("cpu.pressure", str::parse),
+            memory_pressure: self.parse("memory.pressure", str::parse),
+            io_pressure: self.parse("io.pressure", str::parse),
+            irq_pressure: self.parse("irq.pressure", str::parse),
+            cgroup: self.parse("cgroup.stat", str::parse),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path) -> (Option<CgroupStats>, Vec<CgroupError>) {
+        let mut text = String::new();
+        let mut reader = StatsReader::new(dir, &mut text);
+        let stats = reader.read();
+        (stats, reader.errors)
+    }
+
+    #[test]
+    fn a_6_12_container_with_every_controller() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unified-6.12-container");
+        let (stats, errors) = read(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        let stats = stats.unwrap();
+        assert_eq!(stats.cpu.usage_usec, 3_050_460);
+        assert_eq!(stats.cpu_max.and_then(|m| m.cores()), Some(0.5));
+        assert_eq!(stats.cpu_weight, Some(100));
+        let memory = stats.memory.unwrap();
+        assert_eq!(
+            (memory.max, memory.high, memory.swap_max),
+            (Some(67_108_864), Some(50_331_648), None)
+        );
+        assert_eq!(stats.pids.unwrap().max, Some(100));
+        assert_eq!(stats.io.as_deref(), Some(&[][..]));
+        assert!(stats.cpu_pressure.is_some() && stats.irq_pressure.is_none());
+        assert_eq!(stats.cgroup.unwrap().nr_descendants, Some(0));
+    }
+
+    #[test]
+    fn hybrid_cgroup_missing_files_and_malformed_ones() {
+        let dir = std::env::temp_dir().join(format!("cgscope-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 10\nuser_usec 5\nsystem_usec 5\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("memory.pressure"), "some garbage\n").unwrap();
+        let (stats, errors) = read(&dir);
+        let stats = stats.unwrap();
+        assert_eq!(stats.cpu.usage_usec, 10);
+        assert!(stats.memory.is_none() && stats.io.is_none() && stats.pids.is_none());
+        assert!(stats.memory_pressure.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("memory.pressure"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read(&dir).0.is_none(), "a vanished cgroup reads as gone");
+    }
+}

@@ -1,0 +1,282 @@
+//! From two readings of a cgroup to one window: counters become deltas (a counter
+//! that went backwards, impossible for one cgroup id, gives 0), gauges are the value
+//! at the end, rates are deltas over the window's length. A cgroup without a previous
+//! reading was created during the window: its counters all belong to it.
+
+use crate::{
+    cgroup::{
+        io::DeviceNames,
+        memory::working_set,
+        pressure::Pressure,
+        stats::{CgroupStats, MemoryStats},
+    },
+    sample::{
+        CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample, PidsSample,
+        PressureSample, PressureWindow,
+    },
+};
+
+/// `now - before` of an optional counter; the counter is `None` if `now` is.
+fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
+    now.map(|n| n.saturating_sub(before.unwrap_or(0)))
+}
+
+fn usec(v: Option<u64>) -> Option<f64> {
+    v.map(|u| u as f64 * 1e-6)
+}
+
+pub fn cpu(now: &CgroupStats, before: Option<&CgroupStats>) -> CpuSample {
+    let (n, b) = (&now.cpu, before.map(|b| b.cpu).unwrap_or_default());
+    let d = |now: u64, then: u64| Some(now.saturating_sub(then) as f64 * 1e-6);
+    CpuSample {
+        usage_seconds: d(n.usage_usec, b.usage_usec),
+        user_seconds: d(n.user_usec, b.user_usec),
+        system_seconds: d(n.system_usec, b.system_usec),
+        periods: delta(n.nr_periods, b.nr_periods),
+        throttled_periods: delta(n.nr_throttled, b.nr_throttled),
+        throttled_seconds: usec(delta(n.throttled_usec, b.throttled_usec)),
+        bursts: delta(n.nr_bursts, b.nr_bursts),
+        burst_seconds: usec(delta(n.burst_usec, b.burst_usec)),
+        limit_cores: now.cpu_max.and_then(|m| m.cores()),
+        burst_limit_seconds: usec(now.cpu_max_burst_usec),
+        weight: now.cpu_weight,
+        runq_latency: None,
+    }
+}
+
+pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
+    let stat = now.stat.unwrap_or_default();
+    let was = before.and_then(|b| b.stat).unwrap_or_default();
+    let events = now.events.map(|e| {
+        let b = before.and_then(|b| b.events).unwrap_or_default();
+        MemoryEventsSample {
+            low: delta(e.low, b.low),
+            high: delta(e.high, b.high),
+            max: delta(e.max, b.max),
+            oom: delta(e.oom, b.oom),
+            oom_kill: delta(e.oom_kill, b.oom_kill),
+            oom_group_kill: delta(e.oom_group_kill, b.oom_group_kill),
+        }
+    });
+    MemorySample {
+        current_bytes: now.current,
+        working_set_bytes: now.stat.map(|s| working_set(now.current, &s)),
+        anon_bytes: stat.anon,
+        file_bytes: stat.file,
+        kernel_bytes: stat.kernel,
+        sock_bytes: stat.sock,
+        shmem_bytes: stat.shmem,
+        file_mapped_bytes: stat.file_mapped,
+        file_dirty_bytes: stat.file_dirty,
+        file_writeback_bytes: stat.file_writeback,
+        inactive_file_bytes: stat.inactive_file,
+        active_file_bytes: stat.active_file,
+        max_bytes: now.max,
+        high_bytes: now.high,
+        low_bytes: now.low,
+        min_bytes: now.min,
+        peak_bytes: now.peak,
+        swap_current_bytes: now.swap_current,
+        swap_max_bytes: now.swap_max,
+        pgfault: delta(stat.pgfault, was.pgfault),
+        pgmajfault: delta(stat.pgmajfault, was.pgmajfault),
+        workingset_refault_anon: delta(stat.workingset_refault_anon, was.workingset_refault_anon),
+        workingset_refault_file: delta(stat.workingset_refault_file, was.workingset_refault_file),
+        workingset_activate_anon: delta(
+            stat.workingset_activate_anon,
+            was.workingset_activate_anon,
+        ),
+        workingset_activate_file: delta(
+            stat.workingset_activate_file,
+            was.workingset_activate_file,
+        ),
+        workingset_restore_anon: delta(stat.workingset_restore_anon, was.workingset_restore_anon),
+        workingset_restore_file: delta(stat.workingset_restore_file, was.workingset_restore_file),
+        workingset_nodereclaim: delta(stat.workingset_nodereclaim, was.workingset_nodereclaim),
+        events,
+    }
+}
+
+pub fn io(
+    now: &CgroupStats,
+    before: Option<&CgroupStats>,
+    seconds: f64,
+    names: &mut DeviceNames,
+) -> Option<IoSample> {
+    let devices = now.io.as_ref()?;
+    let rate = |ops: u64| {
+        if seconds > 0.0 {
+            ops as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let devices = devices
+        .iter()
+        .map(|(device, n)| {
+            let b = before
+                .and_then(|b| b.io.as_ref())
+                .and_then(|io| io.iter().find(|(d, _)| d == device))
+                .map(|(_, s)| *s)
+                .unwrap_or_default();
+            let limit = now
+                .io_max
+                .iter()
+                .find(|(d, _)| d == device)
+                .map(|(_, m)| *m)
+                .unwrap_or_default();
+            let (read_ops, write_ops) =
+                (n.rios.saturating_sub(b.rios), n.wios.saturating_sub(b.wios));
+            IoDeviceSample {
+                device: device.to_string(),
+                name: names.name(*device).map(str::to_owned),
+                read_ops,
+                write_ops,
+                read_bytes: n.rbytes.saturating_sub(b.rbytes),
+                write_bytes: n.wbytes.saturating_sub(b.wbytes),
+                discard_ops: n.dios.saturating_sub(b.dios),
+                discard_bytes: n.dbytes.saturating_sub(b.dbytes),
+                read_iops: rate(read_ops),
+                write_iops: rate(write_ops),
+                limit_read_bps: limit.rbps,
+                limit_write_bps: limit.wbps,
+                limit_read_iops: limit.riops,
+                limit_write_iops: limit.wiops,
+            }
+        })
+        .collect();
+    Some(IoSample { devices })
+}
+
+pub fn pids(now: &CgroupStats, before: Option<&CgroupStats>) -> Option<PidsSample> {
+    let p = now.pids?;
+    let b = before
+        .and_then(|b| b.pids)
+        .and_then(|p| p.events)
+        .unwrap_or_default();
+    Some(PidsSample {
+        current: p.current,
+        max: p.max,
+        max_events: p.events.and_then(|e| delta(e.max, b.max)),
+    })
+}
+
+/// One PSI file's window.
+pub fn pressure_window(
+    now: Option<&Pressure>,
+    before: Option<&Pressure>,
+) -> Option<PressureWindow> {
+    let now = now?;
+    let total = |p: Option<&Pressure>, full: bool| {
+        p.and_then(|p| if full { p.full } else { p.some })
+            .map(|s| s.total_usec)
+    };
+    Some(PressureWindow {
+        some_seconds: usec(delta(total(Some(now), false), total(before, false))),
+        full_seconds: usec(delta(total(Some(now), true), total(before, true))),
+        some_avg10: now.some.map(|s| s.avg10),
+        full_avg10: now.full.map(|s| s.avg10),
+    })
+}
+
+pub fn pressure(now: &CgroupStats, before: Option<&CgroupStats>) -> PressureSample {
+    let w = |f: fn(&CgroupStats) -> Option<&Pressure>| pressure_window(f(now), before.and_then(f));
+    PressureSample {
+        cpu: w(|s| s.cpu_pressure.as_ref()),
+        memory: w(|s| s.memory_pressure.as_ref()),
+        io: w(|s| s.io_pressure.as_ref()),
+        irq: w(|s| s.irq_pressure.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::{
+        cpu::CpuStat,
+        io::{Device, IoMax, IoStat},
+        pressure::Stall,
+    };
+
+    #[test]
+    fn counters_are_deltas_and_gauges_are_current() {
+        let dev = Device { major: 7, minor: 0 };
+        let before = CgroupStats {
+            cpu: CpuStat {
+                usage_usec: 1_000_000,
+                nr_periods: Some(10),
+                nr_throttled: Some(5),
+                ..Default::default()
+            },
+            io: Some(vec![(
+                dev,
+                IoStat {
+                    rios: 100,
+                    rbytes: 4096,
+                    ..Default::default()
+                },
+            )]),
+            cpu_pressure: Some(Pressure {
+                some: Some(Stall {
+                    total_usec: 500_000,
+                    avg10: 1.0,
+                }),
+                full: None,
+            }),
+            ..Default::default()
+        };
+        let mut now = before.clone();
+        now.cpu.usage_usec = 1_500_000;
+        now.cpu.nr_periods = Some(20);
+        now.cpu.nr_throttled = Some(15);
+        now.io = Some(vec![(
+            dev,
+            IoStat {
+                rios: 300,
+                rbytes: 8192,
+                ..Default::default()
+            },
+        )]);
+        now.io_max = vec![(
+            dev,
+            IoMax {
+                riops: Some(100),
+                ..Default::default()
+            },
+        )];
+        now.cpu_pressure = Some(Pressure {
+            some: Some(Stall {
+                total_usec: 750_000,
+                avg10: 9.5,
+            }),
+            full: None,
+        });
+
+        let c = cpu(&now, Some(&before));
+        assert_eq!(c.usage_seconds, Some(0.5));
+        assert_eq!((c.periods, c.throttled_periods), (Some(10), Some(10)));
+        assert_eq!(c.throttled_seconds, None);
+        let io = io(&now, Some(&before), 2.0, &mut DeviceNames::default()).unwrap();
+        assert_eq!(io.devices[0].device, "7:0");
+        assert_eq!(
+            (io.devices[0].read_ops, io.devices[0].read_iops),
+            (200, 100.0)
+        );
+        assert_eq!(
+            (io.devices[0].read_bytes, io.devices[0].limit_read_iops),
+            (4096, Some(100))
+        );
+        let p = pressure(&now, Some(&before)).cpu.unwrap();
+        assert_eq!(
+            (p.some_seconds, p.some_avg10, p.full_seconds),
+            (Some(0.25), Some(9.5), None)
+        );
+
+        let fresh = cpu(&now, None);
+        assert_eq!(
+            fresh.usage_seconds,
+            Some(1.5),
+            "a new cgroup's usage belongs to the window"
+        );
+    }
+}
