@@ -42,20 +42,55 @@ impl LatencyTotals {
     }
 
     /// What was recorded after `prev` was read (all of it if there is no `prev`).
-    pub fn since(&self, prev: Option<&Self>) -> ExponentialHistogram {
+    pub fn since(&self, prev: Option<&Self>) -> LatencyWindow {
         let zero = Self::default();
         let prev = prev.unwrap_or(&zero);
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .zip(prev.buckets.iter())
-            .map(|(now, before)| u64::from(now.wrapping_sub(*before)))
-            .collect();
-        ExponentialHistogram::from_counts(
-            self.sum_ns.wrapping_sub(prev.sum_ns),
-            u64::from(self.zero_count.wrapping_sub(prev.zero_count)),
-            &counts,
-        )
+        let mut buckets = [0u64; BUCKETS];
+        for ((out, now), before) in buckets.iter_mut().zip(&self.buckets).zip(&prev.buckets) {
+            *out = u64::from(now.wrapping_sub(*before));
+        }
+        LatencyWindow {
+            sum_ns: self.sum_ns.wrapping_sub(prev.sum_ns),
+            zero_count: u64::from(self.zero_count.wrapping_sub(prev.zero_count)),
+            buckets,
+        }
+    }
+}
+
+/// What one histogram recorded in one window, in the kernel's bucket layout; windows
+/// of several cgroups add up (a parent's is its own plus its descendants').
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LatencyWindow {
+    sum_ns: u64,
+    zero_count: u64,
+    buckets: [u64; BUCKETS],
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        Self {
+            sum_ns: 0,
+            zero_count: 0,
+            buckets: [0; BUCKETS],
+        }
+    }
+}
+
+impl LatencyWindow {
+    pub fn add(&mut self, other: &Self) {
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+        self.zero_count += other.zero_count;
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.zero_count + self.buckets.iter().sum::<u64>()
+    }
+
+    pub fn histogram(&self) -> ExponentialHistogram {
+        ExponentialHistogram::from_counts(self.sum_ns, self.zero_count, &self.buckets)
     }
 }
 
@@ -151,8 +186,9 @@ pub struct LatencySummary {
     pub histogram: ExponentialHistogram,
 }
 
-impl From<ExponentialHistogram> for LatencySummary {
-    fn from(histogram: ExponentialHistogram) -> Self {
+impl From<&LatencyWindow> for LatencySummary {
+    fn from(window: &LatencyWindow) -> Self {
+        let histogram = window.histogram();
         Self {
             count: histogram.count,
             sum_seconds: histogram.sum_seconds,
@@ -181,12 +217,12 @@ mod tests {
         let before = LatencyTotals::from_cpus([&a, &b]);
         let a2 = recorded(&[1_000, 2_000_000, 3_000_000, 3_000_000]);
         let after = LatencyTotals::from_cpus([&a2, &b]);
-        let window = after.since(Some(&before));
+        let window = after.since(Some(&before)).histogram();
         assert_eq!(window.count, 2);
         assert!((window.sum_seconds - 0.006).abs() < 1e-12);
         assert_eq!(window.zero_count, 0);
         assert_eq!(window.bucket_counts, [2]);
-        let all = after.since(None);
+        let all = after.since(None).histogram();
         assert_eq!((all.count, all.zero_count), (6, 1));
     }
 
@@ -196,14 +232,14 @@ mod tests {
         before.buckets[10] = u32::MAX - 1;
         let mut after = before.clone();
         after.buckets[10] = 3;
-        assert_eq!(after.since(Some(&before)).count, 5);
+        assert_eq!(after.since(Some(&before)).count(), 5);
     }
 
     #[test]
     fn quantiles_fall_in_the_bucket_of_the_true_value() {
         let values: Vec<u64> = (1..=1000).map(|i| i * 10_000).collect(); // 10 µs .. 10 ms
         let window = LatencyTotals::from_cpus([&recorded(&values)]).since(None);
-        let summary = LatencySummary::from(window);
+        let summary = LatencySummary::from(&window);
         assert_eq!(summary.count, 1000);
         let within = |got: f64, want: f64| (got / want - 1.0).abs() < 0.0905;
         assert!(
@@ -223,13 +259,25 @@ mod tests {
     }
 
     #[test]
+    fn windows_add_up() {
+        let mut parent = LatencyTotals::from_cpus([&recorded(&[1_000, 5_000])]).since(None);
+        let child = LatencyTotals::from_cpus([&recorded(&[5_000, 100])]).since(None);
+        parent.add(&child);
+        let h = parent.histogram();
+        assert_eq!((h.count, h.zero_count), (4, 1));
+        assert!((h.sum_seconds - 11.1e-6).abs() < 1e-12);
+    }
+
+    #[test]
     fn empty_and_zero_only() {
-        let empty = LatencyTotals::default().since(None);
+        let empty = LatencyTotals::default().since(None).histogram();
         assert_eq!(
             (empty.count, empty.quantile(0.5), empty.max_bucket_seconds()),
             (0, 0.0, 0.0)
         );
-        let zeros = LatencyTotals::from_cpus([&recorded(&[10, 20])]).since(None);
+        let zeros = LatencyTotals::from_cpus([&recorded(&[10, 20])])
+            .since(None)
+            .histogram();
         assert!(zeros.bucket_counts.is_empty());
         assert_eq!(zeros.max_bucket_seconds(), zeros.zero_threshold_seconds);
     }

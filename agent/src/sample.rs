@@ -9,7 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{cgroup::mount::CgroupMode, histogram::LatencySummary};
+use crate::{
+    cgroup::{
+        identity::{CgroupKind, Qos, Runtime},
+        mount::CgroupMode,
+    },
+    histogram::LatencySummary,
+};
 
 /// Schema identifier of the JSON form.
 pub const SCHEMA: &str = "cgscope.snapshot/v1";
@@ -52,6 +58,10 @@ pub struct CgroupSample {
     pub path: String,
     /// cgroup id: inode number of the cgroup directory.
     pub id: u64,
+    /// root, pod, container, service, slice or other (from the path layout).
+    pub kind: CgroupKind,
+    /// Pods and containers; `null` for every other kind.
+    pub container: Option<ContainerSample>,
     /// The cgroup was removed during the window; what it recorded before is kept.
     pub removed: bool,
     pub cpu: CpuSample,
@@ -65,6 +75,24 @@ pub struct CgroupSample {
     /// Gauges from `cgroup.stat`.
     pub descendants: Option<u64>,
     pub dying_descendants: Option<u64>,
+}
+
+/// A pod or container. Names come from the container runtime's API and are `null`
+/// until it answers (or where none runs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContainerSample {
+    /// `pod` or `container`.
+    pub kind: CgroupKind,
+    /// Container id (64 hex digits); for a pod, its UID.
+    pub id: Option<String>,
+    pub pod_uid: Option<String>,
+    /// Container name, or pod name for a pod.
+    pub name: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub runtime: Option<Runtime>,
+    pub image: Option<String>,
+    pub qos: Option<Qos>,
 }
 
 /// CPU. Counters (`*_seconds`, `periods`, `throttled_periods`, `bursts`) are deltas
@@ -86,8 +114,8 @@ pub struct CpuSample {
     pub limit_cores: Option<f64>,
     pub burst_limit_seconds: Option<f64>,
     pub weight: Option<u64>,
-    /// Run-queue latency of this cgroup's tasks in the window; `null` when the
-    /// `runq` probe is not attached.
+    /// Run-queue latency in the window of the tasks in this cgroup and its
+    /// descendants (like `cpu.stat`); `null` when the `runq` probe is not attached.
     pub runq_latency: Option<LatencySummary>,
 }
 

@@ -11,14 +11,15 @@ use std::{
 use crate::{
     cgroup::{
         self,
+        identity::{self, CgroupKind, Identity},
         io::DeviceNames,
         mount::CgroupMounts,
         stats::{CgroupStats, StatsReader},
         tree::CgroupDir,
     },
-    histogram::{LatencySummary, LatencyTotals},
+    histogram::{LatencySummary, LatencyTotals, LatencyWindow},
     probes::{ProbeConfig, Probes},
-    sample::{CgroupSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
+    sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
     window,
 };
 
@@ -46,6 +47,7 @@ pub struct SamplerConfig {
 /// Cumulative counters of one cgroup at the previous read.
 struct Previous {
     path: String,
+    identity: Identity,
     stats: CgroupStats,
     runq: Option<LatencyTotals>,
 }
@@ -116,7 +118,7 @@ impl Sampler {
     /// `prefix` keeps only cgroups at or below that path.
     pub fn sample(&mut self, prefix: Option<&str>) -> Snapshot {
         let now = Instant::now();
-        let window = now.duration_since(self.previous_at).as_secs_f64();
+        let seconds = now.duration_since(self.previous_at).as_secs_f64();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
         if let Ok(runq) = &self.probes.runq {
             runq.read(&mut self.runq);
@@ -126,45 +128,54 @@ impl Sampler {
         }
 
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
-        let mut cgroups = Vec::with_capacity(self.dirs.len());
-        let runq_attached = self.probes.runq.is_ok();
+        // Per walked cgroup: its sample (if it still exists) and its own runq window.
+        let mut samples: Vec<Option<CgroupSample>> = Vec::with_capacity(self.dirs.len());
+        let mut runq_windows: Vec<LatencyWindow> = Vec::with_capacity(self.dirs.len());
+        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(self.dirs.len());
         let mut errors = Vec::new();
-        for dir in &self.dirs {
+        for (i, dir) in self.dirs.iter().enumerate() {
+            index_of.insert(dir.path.as_str(), i);
             let mut reader = StatsReader::new(&dir.dir, &mut self.text);
             let stats = reader.read();
             errors.append(&mut reader.errors);
-            let Some(stats) = stats else {
-                continue; // removed during the scan
-            };
             let prev = self.previous.get(&dir.id);
             let runq = self.runq.get(&dir.id).cloned();
-            if prefix.is_none_or(|p| cgroup::tree::under(&dir.path, p)) {
-                let before = prev.map(|p| &p.stats);
-                let mut cpu = window::cpu(&stats, before);
-                cpu.runq_latency = runq_attached.then(|| {
-                    let now = runq.clone().unwrap_or_default();
-                    LatencySummary::from(now.since(prev.and_then(|p| p.runq.as_ref())))
-                });
-                cgroups.push(CgroupSample {
-                    path: dir.path.clone(),
-                    id: dir.id,
-                    removed: false,
-                    cpu,
-                    memory: stats
-                        .memory
-                        .as_ref()
-                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
-                    io: window::io(&stats, before, window, &mut self.devices),
-                    pids: window::pids(&stats, before),
-                    pressure: window::pressure(&stats, before),
-                    descendants: stats.cgroup.and_then(|c| c.nr_descendants),
-                    dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
-                });
-            }
+            runq_windows.push(
+                runq.as_ref()
+                    .map(|r| r.since(prev.and_then(|p| p.runq.as_ref())))
+                    .unwrap_or_default(),
+            );
+            let Some(stats) = stats else {
+                samples.push(None); // removed during the scan
+                continue;
+            };
+            let identity = match prev {
+                Some(p) if p.path == dir.path => p.identity.clone(),
+                _ => identity::classify(&dir.path),
+            };
+            let before = prev.map(|p| &p.stats);
+            samples.push(Some(CgroupSample {
+                path: dir.path.clone(),
+                id: dir.id,
+                kind: identity.kind.unwrap_or(CgroupKind::Other),
+                container: container_sample(&identity),
+                removed: false,
+                cpu: window::cpu(&stats, before),
+                memory: stats
+                    .memory
+                    .as_ref()
+                    .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
+                io: window::io(&stats, before, seconds, &mut self.devices),
+                pids: window::pids(&stats, before),
+                pressure: window::pressure(&stats, before),
+                descendants: stats.cgroup.and_then(|c| c.nr_descendants),
+                dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
+            }));
             next.insert(
                 dir.id,
                 Previous {
                     path: dir.path.clone(),
+                    identity,
                     stats,
                     runq,
                 },
@@ -178,39 +189,69 @@ impl Sampler {
             );
         }
 
-        // Cgroups removed during the window: report what they recorded, then forget.
+        // Cgroups removed during the window: report their last window, count it in
+        // their parent's, then forget them.
+        let mut removed = Vec::new();
         let mut dead = Vec::new();
         for (id, totals) in &self.runq {
             if next.contains_key(id) {
                 continue;
             }
             dead.push(*id);
-            let prev = self.previous.get(id);
-            let path = prev.map(|p| p.path.clone());
-            let window_runq = totals.since(prev.and_then(|p| p.runq.as_ref()));
-            if let Some(path) = path.filter(|p| prefix.is_none_or(|x| cgroup::tree::under(p, x))) {
-                if window_runq.count > 0 {
-                    cgroups.push(CgroupSample {
-                        path,
-                        id: *id,
-                        removed: true,
-                        cpu: CpuSample {
-                            runq_latency: Some(window_runq.into()),
-                            ..CpuSample::default()
-                        },
-                        memory: None,
-                        io: None,
-                        pids: None,
-                        pressure: PressureSample::default(),
-                        descendants: None,
-                        dying_descendants: None,
-                    });
-                }
+            let Some(prev) = self.previous.get(id) else {
+                continue; // born and gone inside one window: no path to report
+            };
+            let last = totals.since(prev.runq.as_ref());
+            if last.count() == 0 {
+                continue;
             }
+            if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
+                runq_windows[parent].add(&last);
+            }
+            removed.push(CgroupSample {
+                path: prev.path.clone(),
+                id: *id,
+                kind: prev.identity.kind.unwrap_or(CgroupKind::Other),
+                container: container_sample(&prev.identity),
+                removed: true,
+                cpu: CpuSample {
+                    runq_latency: Some(LatencySummary::from(&last)),
+                    ..CpuSample::default()
+                },
+                memory: None,
+                io: None,
+                pids: None,
+                pressure: PressureSample::default(),
+                descendants: None,
+                dying_descendants: None,
+            });
         }
         if let Ok(runq) = &mut self.probes.runq {
             runq.forget(&dead);
         }
+
+        // Like cpu.stat, a cgroup's run-queue latency covers its descendants: the walk
+        // lists parents before children, so summing from the end is bottom-up.
+        for i in (1..self.dirs.len()).rev() {
+            if let Some(&parent) = parent_path(&self.dirs[i].path).and_then(|p| index_of.get(p)) {
+                let child = std::mem::take(&mut runq_windows[i]);
+                runq_windows[parent].add(&child);
+                runq_windows[i] = child;
+            }
+        }
+        let runq_attached = self.probes.runq.is_ok();
+        let mut cgroups: Vec<CgroupSample> = samples
+            .into_iter()
+            .zip(&runq_windows)
+            .filter_map(|(sample, window)| {
+                let mut sample = sample?;
+                sample.cpu.runq_latency = runq_attached.then(|| LatencySummary::from(window));
+                Some(sample)
+            })
+            .chain(removed)
+            .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p)))
+            .collect();
+        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
 
         self.previous = next;
         self.previous_at = now;
@@ -220,10 +261,50 @@ impl Sampler {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
-            window_seconds: window,
+            window_seconds: seconds,
             host: self.host.clone(),
             probes: self.probes.status(),
             cgroups,
         }
+    }
+}
+
+/// `/a/b` → `/a`, `/a` → `/`, `/` → none.
+fn parent_path(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        Some(0) if path.len() > 1 => Some("/"),
+        Some(0) | None => None,
+        Some(i) => Some(&path[..i]),
+    }
+}
+
+/// The `container` object of pods and containers; `None` for everything else.
+fn container_sample(identity: &Identity) -> Option<ContainerSample> {
+    let kind = identity.kind?;
+    if kind != CgroupKind::Pod && kind != CgroupKind::Container {
+        return None;
+    }
+    Some(ContainerSample {
+        kind,
+        id: identity
+            .container_id
+            .clone()
+            .or_else(|| identity.pod_uid.clone()),
+        pod_uid: identity.pod_uid.clone(),
+        runtime: identity.runtime,
+        qos: identity.qos,
+        ..ContainerSample::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parent_path;
+
+    #[test]
+    fn parents() {
+        assert_eq!(parent_path("/a/b"), Some("/a"));
+        assert_eq!(parent_path("/a"), Some("/"));
+        assert_eq!(parent_path("/"), None);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod format;
+pub mod identity;
 pub mod io;
 pub mod memory;
 pub mod mount;
