@@ -15,6 +15,7 @@ use crate::{
         mount::CgroupMode,
     },
     histogram::LatencySummary,
+    net::NetworkSample,
 };
 
 /// Schema identifier of the JSON form.
@@ -75,6 +76,9 @@ pub struct CgroupSample {
     /// Gauges from `cgroup.stat`.
     pub descendants: Option<u64>,
     pub dying_descendants: Option<u64>,
+    /// The network namespace this cgroup owns (a pod, or a container outside any
+    /// pod), `null` for cgroups in the host's namespace or sharing their pod's.
+    pub network: Option<NetworkSample>,
 }
 
 /// A pod or container. Names come from the container runtime's API and are `null`

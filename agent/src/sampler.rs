@@ -18,6 +18,7 @@ use crate::{
         tree::CgroupDir,
     },
     histogram::{LatencySummary, LatencyTotals, LatencyWindow},
+    net::NetnsReader,
     probes::{ProbeConfig, Probes},
     sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
     window,
@@ -63,6 +64,7 @@ pub struct Sampler {
     runq: HashMap<u64, LatencyTotals>,
     text: String,
     devices: DeviceNames,
+    netns: NetnsReader,
 }
 
 /// Finds the cgroup v2 root and the host's cgroup mode.
@@ -105,6 +107,7 @@ impl Sampler {
             runq: HashMap::new(),
             text: String::new(),
             devices: DeviceNames::default(),
+            netns: NetnsReader::default(),
         };
         let _baseline = sampler.sample(None);
         Ok(sampler)
@@ -170,6 +173,7 @@ impl Sampler {
                 pressure: window::pressure(&stats, before),
                 descendants: stats.cgroup.and_then(|c| c.nr_descendants),
                 dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
+                network: None,
             }));
             next.insert(
                 dir.id,
@@ -186,6 +190,14 @@ impl Sampler {
             log::warn!(
                 "{first} (and {} more problems in this scan)",
                 errors.len() - 1
+            );
+        }
+
+        let network_errors = assign_network(&mut self.netns, &self.dirs, &mut samples, &index_of);
+        if let Some(first) = network_errors.first() {
+            log::warn!(
+                "{first} (and {} more network problems in this scan)",
+                network_errors.len() - 1
             );
         }
 
@@ -224,6 +236,7 @@ impl Sampler {
                 pressure: PressureSample::default(),
                 descendants: None,
                 dying_descendants: None,
+                network: None,
             });
         }
         if let Ok(runq) = &mut self.probes.runq {
@@ -267,6 +280,45 @@ impl Sampler {
             cgroups,
         }
     }
+}
+
+/// Gives each network namespace's window to the cgroup that owns it: the pod for its
+/// containers, else the container itself. Returns the problems met.
+fn assign_network(
+    reader: &mut NetnsReader,
+    dirs: &[CgroupDir],
+    samples: &mut [Option<CgroupSample>],
+    index_of: &HashMap<&str, usize>,
+) -> Vec<String> {
+    let mut found: Vec<(u64, u32)> = Vec::new();
+    let mut owners: Vec<(usize, u64)> = Vec::new();
+    for (i, sample) in samples.iter().enumerate() {
+        let Some(sample) = sample.as_ref().filter(|s| s.kind == CgroupKind::Container) else {
+            continue;
+        };
+        let Some((netns, pid)) = reader.own_netns(&dirs[i].dir) else {
+            continue;
+        };
+        let in_pod = sample
+            .container
+            .as_ref()
+            .is_some_and(|c| c.pod_uid.is_some());
+        let owner = match parent_path(&sample.path).and_then(|p| index_of.get(p)) {
+            Some(&parent) if in_pod => parent,
+            _ => i,
+        };
+        found.push((netns, pid));
+        owners.push((owner, netns));
+    }
+    let (windows, errors) = reader.read(&found);
+    for (owner, netns) in owners {
+        if let Some(sample) = samples.get_mut(owner).and_then(Option::as_mut) {
+            if sample.network.is_none() {
+                sample.network = windows.get(&netns).cloned();
+            }
+        }
+    }
+    errors
 }
 
 /// `/a/b` → `/a`, `/a` → `/`, `/` → none.

@@ -47,7 +47,7 @@ pub struct TestCgroup {
     pub dir: PathBuf,
     /// Path relative to the v2 root, as cgscope reports it.
     pub path: String,
-    pids: Vec<Pid>,
+    pub(crate) pids: Vec<Pid>,
 }
 
 impl TestCgroup {
@@ -134,4 +134,149 @@ pub fn schedstat(pid: Pid) -> (u64, u64) {
         fields.next().expect("cpu_time"),
         fields.next().expect("run_delay"),
     )
+}
+
+/// A tree of test cgroups below one top directory `/cgscope-test-<pid>-<name>`;
+/// dropping it kills the processes started in it and removes every directory,
+/// deepest first.
+pub struct TestTree {
+    pub top: TestCgroup,
+    dirs: Vec<PathBuf>,
+}
+
+impl TestTree {
+    pub fn create(name: &str) -> Self {
+        Self {
+            top: TestCgroup::create(name),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Creates `rel` (and its parents) below the top; returns its path as cgscope
+    /// reports it.
+    pub fn mkdir(&mut self, rel: &str) -> String {
+        let mut dir = self.top.dir.clone();
+        for part in rel.split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.dirs.push(dir.clone());
+            }
+        }
+        format!("{}/{rel}", self.top.path)
+    }
+
+    /// Forks a child running `body` (after `setup` ran in it) into the cgroup `rel`.
+    pub fn spawn(&mut self, rel: &str, setup: impl FnOnce(), body: fn() -> !) -> Pid {
+        // SAFETY: the child runs `setup` (a raw syscall) and `body`: nothing that
+        // fork in a threaded process makes unsafe.
+        let pid = match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                setup();
+                body()
+            }
+            ForkResult::Parent { child } => child,
+        };
+        self.top.pids.push(pid);
+        let procs = self.top.dir.join(rel).join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).expect("move child into its cgroup");
+        pid
+    }
+}
+
+impl Drop for TestTree {
+    fn drop(&mut self) {
+        for pid in self.top.pids.drain(..) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        for dir in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A network namespace with a veth pair to the host: host end `10.213.N.1/30`,
+/// namespace end `10.213.N.2/30`. Deleted on drop (which removes the veth pair).
+pub struct TestNetns {
+    pub name: String,
+    pub host_ip: std::net::Ipv4Addr,
+    pub ns_ip: std::net::Ipv4Addr,
+    pub ns_if: String,
+    /// Open handle for `setns` in children.
+    pub file: std::fs::File,
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+impl TestNetns {
+    pub fn create() -> Self {
+        let n = std::process::id() % 250;
+        let name = format!("cgscope-test-{}", std::process::id());
+        let (host_if, ns_if) = (format!("cgsh{n}"), format!("cgsc{n}"));
+        ip(&["netns", "add", &name]);
+        let host_ip = std::net::Ipv4Addr::new(10, 213, n as u8, 1);
+        let ns_ip = std::net::Ipv4Addr::new(10, 213, n as u8, 2);
+        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+        let ns = Self {
+            name,
+            host_ip,
+            ns_ip,
+            ns_if: ns_if.clone(),
+            file,
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
+        ]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's inode, as `/proc/<pid>/ns/net` shows it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().expect("stat netns").ino()
+    }
+
+    /// For `TestTree::spawn`: enter this namespace in the child.
+    pub fn enter(&self) -> impl FnOnce() + '_ {
+        move || {
+            if nix::sched::setns(&self.file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                // SAFETY: _exit in a forked child.
+                unsafe { libc::_exit(1) };
+            }
+        }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }

@@ -1,0 +1,355 @@
+//! Network counters of one network namespace, read through a process in it
+//! (`/proc/<pid>/net/{dev,snmp,netstat}` show the namespace of `<pid>`). A pod's
+//! containers share one namespace: it is read once, keyed by the namespace inode.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt};
+
+use serde::Serialize;
+
+/// One interface's counters from `/proc/<pid>/net/dev`:
+///
+/// ```text
+/// Inter-|   Receive                                                |  Transmit
+///  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop ...
+///   eth0: 775087247   23201    0    0    0     0          0         0  1156605   14323    0    0 ...
+/// ```
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// Parses `net/dev` into `out` (cleared first).
+pub fn parse_dev(text: &str, out: &mut Vec<Interface>) -> Result<(), String> {
+    out.clear();
+    for line in text.lines().skip(2) {
+        let Some((name, values)) = line.split_once(':') else {
+            continue;
+        };
+        let v: Vec<u64> = values
+            .split_whitespace()
+            .map(|f| {
+                f.parse()
+                    .map_err(|_| format!("{}: not a number: {f:?}", name.trim()))
+            })
+            .collect::<Result<_, _>>()?;
+        if v.len() < 12 {
+            return Err(format!("{}: {} fields, expected 16", name.trim(), v.len()));
+        }
+        out.push(Interface {
+            name: name.trim().to_owned(),
+            rx_bytes: v[0],
+            rx_packets: v[1],
+            rx_errors: v[2],
+            rx_dropped: v[3],
+            tx_bytes: v[8],
+            tx_packets: v[9],
+            tx_errors: v[10],
+            tx_dropped: v[11],
+        });
+    }
+    Ok(())
+}
+
+/// Declares a counter struct read from `net/snmp`-style `Section: key...` / `Section:
+/// value...` line pairs, with its window difference. Gauges keep their current value.
+macro_rules! snmp_counters {
+    ($ty:ident { $($field:ident = $section:literal $key:literal $(gauge $gauge:tt)?),* $(,)? }) => {
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct $ty {
+            $(pub $field: Option<u64>,)*
+        }
+
+        impl $ty {
+            fn set(&mut self, section: &str, key: &str, value: u64) {
+                match (section, key) {
+                    $(($section, $key) => self.$field = Some(value),)*
+                    _ => {}
+                }
+            }
+
+            /// Counters: `self - before`; gauges: `self`.
+            pub fn since(&self, before: &Self) -> Self {
+                Self {
+                    $($field: snmp_counters!(@delta self.$field, before.$field $(, $gauge)?),)*
+                }
+            }
+        }
+    };
+    (@delta $now:expr, $before:expr) => {
+        $now.map(|n| n.saturating_sub($before.unwrap_or(0)))
+    };
+    (@delta $now:expr, $before:expr, $gauge:tt) => {
+        $now
+    };
+}
+
+snmp_counters!(Tcp {
+    active_opens = "Tcp" "ActiveOpens",
+    passive_opens = "Tcp" "PassiveOpens",
+    attempt_fails = "Tcp" "AttemptFails",
+    estab_resets = "Tcp" "EstabResets",
+    curr_estab = "Tcp" "CurrEstab" gauge (),
+    in_segs = "Tcp" "InSegs",
+    out_segs = "Tcp" "OutSegs",
+    retrans_segs = "Tcp" "RetransSegs",
+    in_errs = "Tcp" "InErrs",
+    out_rsts = "Tcp" "OutRsts",
+    listen_overflows = "TcpExt" "ListenOverflows",
+    listen_drops = "TcpExt" "ListenDrops",
+    timeouts = "TcpExt" "TCPTimeouts",
+    syn_retrans = "TcpExt" "TCPSynRetrans",
+    lost_retransmits = "TcpExt" "TCPLostRetransmit",
+});
+
+snmp_counters!(Udp {
+    in_datagrams = "Udp" "InDatagrams",
+    out_datagrams = "Udp" "OutDatagrams",
+    no_ports = "Udp" "NoPorts",
+    in_errors = "Udp" "InErrors",
+    rcvbuf_errors = "Udp" "RcvbufErrors",
+    sndbuf_errors = "Udp" "SndbufErrors",
+});
+
+/// Walks `net/snmp` or `net/netstat`: a header line of keys, then a line of values,
+/// per section. Values that are not counters (`MaxConn -1`) are skipped.
+fn each_snmp_value(text: &str, mut f: impl FnMut(&str, &str, u64)) -> Result<(), String> {
+    let mut lines = text.lines();
+    while let (Some(keys), Some(values)) = (lines.next(), lines.next()) {
+        let (Some((section, keys)), Some((vsection, values))) =
+            (keys.split_once(':'), values.split_once(':'))
+        else {
+            return Err(format!("not a key/value line pair: {keys:?}"));
+        };
+        if section != vsection {
+            return Err(format!("section {section} followed by {vsection}"));
+        }
+        for (key, value) in keys.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = value.parse() {
+                f(section, key, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything cgscope reads for one network namespace (cumulative).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NetnsCounters {
+    pub interfaces: Vec<Interface>,
+    pub tcp: Tcp,
+    pub udp: Udp,
+}
+
+impl NetnsCounters {
+    /// Reads the namespace `pid` is in.
+    pub fn read(pid: u32, text: &mut String) -> Result<Self, String> {
+        let dir = std::path::PathBuf::from(format!("/proc/{pid}/net"));
+        let read = |file: &str, text: &mut String| match crate::cgroup::read_file(&dir, file, text)
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{}/{file}: gone", dir.display())),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut out = Self::default();
+        read("dev", text)?;
+        parse_dev(text, &mut out.interfaces)?;
+        read("snmp", text)?;
+        each_snmp_value(text, |s, k, v| {
+            out.tcp.set(s, k, v);
+            out.udp.set(s, k, v);
+        })?;
+        read("netstat", text)?;
+        each_snmp_value(text, |s, k, v| out.tcp.set(s, k, v))?;
+        Ok(out)
+    }
+
+    /// What happened since `before` (interfaces matched by name).
+    pub fn since(&self, before: Option<&Self>) -> NetworkSample {
+        let empty = Self::default();
+        let before = before.unwrap_or(&empty);
+        let interfaces = self
+            .interfaces
+            .iter()
+            .map(|now| {
+                let b = before
+                    .interfaces
+                    .iter()
+                    .find(|i| i.name == now.name)
+                    .cloned()
+                    .unwrap_or_default();
+                Interface {
+                    name: now.name.clone(),
+                    rx_bytes: now.rx_bytes.saturating_sub(b.rx_bytes),
+                    rx_packets: now.rx_packets.saturating_sub(b.rx_packets),
+                    rx_errors: now.rx_errors.saturating_sub(b.rx_errors),
+                    rx_dropped: now.rx_dropped.saturating_sub(b.rx_dropped),
+                    tx_bytes: now.tx_bytes.saturating_sub(b.tx_bytes),
+                    tx_packets: now.tx_packets.saturating_sub(b.tx_packets),
+                    tx_errors: now.tx_errors.saturating_sub(b.tx_errors),
+                    tx_dropped: now.tx_dropped.saturating_sub(b.tx_dropped),
+                }
+            })
+            .collect();
+        NetworkSample {
+            netns: 0,
+            interfaces,
+            tcp: self.tcp.since(&before.tcp),
+            udp: self.udp.since(&before.udp),
+        }
+    }
+}
+
+/// A network namespace's traffic in the window: every counter is a delta, except
+/// `tcp.curr_estab` (a gauge).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkSample {
+    /// Inode of the network namespace (`/proc/<pid>/ns/net`).
+    pub netns: u64,
+    pub interfaces: Vec<Interface>,
+    pub tcp: Tcp,
+    pub udp: Udp,
+}
+
+/// Inode of the network namespace `pid` is in.
+pub fn netns_of(pid: u32) -> std::io::Result<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino())
+}
+
+/// Per-namespace counters of the previous window.
+pub struct NetnsReader {
+    previous: HashMap<u64, NetnsCounters>,
+    /// The host's namespace (PID 1's): cgroups in it have no network of their own.
+    host: Option<u64>,
+    text: String,
+}
+
+impl Default for NetnsReader {
+    fn default() -> Self {
+        Self {
+            previous: HashMap::new(),
+            host: netns_of(1).ok(),
+            text: String::new(),
+        }
+    }
+}
+
+impl NetnsReader {
+    /// The namespace of the first process in the cgroup at `dir`, and that process,
+    /// unless it is the host's namespace.
+    pub fn own_netns(&mut self, dir: &std::path::Path) -> Option<(u64, u32)> {
+        let pid: u32 = match crate::cgroup::read_file(dir, "cgroup.procs", &mut self.text) {
+            Ok(true) => self.text.lines().next()?.trim().parse().ok()?,
+            _ => return None,
+        };
+        let netns = netns_of(pid).ok()?; // exited since listed: nothing to read
+        (Some(netns) != self.host).then_some((netns, pid))
+    }
+
+    /// Reads each namespace once and returns its window by namespace inode. `pids`:
+    /// (namespace inode, a process in it).
+    pub fn read(&mut self, pids: &[(u64, u32)]) -> (HashMap<u64, NetworkSample>, Vec<String>) {
+        let mut now: HashMap<u64, NetnsCounters> = HashMap::new();
+        let mut out = HashMap::new();
+        let mut errors = Vec::new();
+        for &(netns, pid) in pids {
+            if now.contains_key(&netns) {
+                continue;
+            }
+            match NetnsCounters::read(pid, &mut self.text) {
+                Ok(counters) => {
+                    let mut sample = counters.since(self.previous.get(&netns));
+                    sample.netns = netns;
+                    out.insert(netns, sample);
+                    now.insert(netns, counters);
+                }
+                // The process may have exited since it was picked: not worth a warning.
+                Err(e) if netns_of(pid).is_err() => log::debug!("{e}"),
+                Err(e) => errors.push(e),
+            }
+        }
+        self.previous = now;
+        (out, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/net/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn dev_snmp_netstat_from_a_real_host() {
+        let mut interfaces = Vec::new();
+        parse_dev(&fixture("dev"), &mut interfaces).unwrap();
+        let eth0 = interfaces.iter().find(|i| i.name == "eth0").unwrap();
+        assert_eq!(
+            (
+                eth0.rx_bytes,
+                eth0.rx_packets,
+                eth0.tx_bytes,
+                eth0.tx_packets
+            ),
+            (775_087_247, 23_201, 1_156_605, 14_323)
+        );
+        let mut tcp = Tcp::default();
+        let mut udp = Udp::default();
+        each_snmp_value(&fixture("snmp"), |s, k, v| {
+            tcp.set(s, k, v);
+            udp.set(s, k, v);
+        })
+        .unwrap();
+        each_snmp_value(&fixture("netstat"), |s, k, v| tcp.set(s, k, v)).unwrap();
+        assert_eq!(
+            (tcp.active_opens, tcp.out_rsts, tcp.retrans_segs),
+            (Some(99), Some(36), Some(0))
+        );
+        assert_eq!((udp.in_datagrams, udp.out_datagrams), (Some(75), Some(76)));
+        assert!(tcp.listen_drops.is_some() && tcp.timeouts.is_some());
+    }
+
+    #[test]
+    fn malformed_and_deltas() {
+        let mut out = Vec::new();
+        assert!(parse_dev("h\nh\n eth0: 1 2 x\n", &mut out).is_err());
+        assert!(parse_dev("h\nh\n eth0: 1 2 3\n", &mut out).is_err());
+        assert!(each_snmp_value("Tcp: A B\nUdp: 1 2\n", |_, _, _| {}).is_err());
+        let before = Tcp {
+            out_rsts: Some(10),
+            curr_estab: Some(4),
+            ..Default::default()
+        };
+        let now = Tcp {
+            out_rsts: Some(15),
+            curr_estab: Some(2),
+            ..Default::default()
+        };
+        let d = now.since(&before);
+        assert_eq!(
+            (d.out_rsts, d.curr_estab, d.in_segs),
+            (Some(5), Some(2), None)
+        );
+    }
+
+    #[test]
+    fn reads_this_process_namespace() {
+        let mut text = String::new();
+        let counters = NetnsCounters::read(std::process::id(), &mut text).unwrap();
+        assert!(counters.interfaces.iter().any(|i| i.name == "lo"));
+        assert!(netns_of(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,120 @@
+//! Containers as the kernel sees them: a Kubernetes pod (kubelet systemd driver,
+//! containerd) built from real cgroups, its processes in their own network namespace
+//! behind a veth pair, and known traffic sent to it from the host.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use cgscope::{
+    cgroup::identity::{CgroupKind, Qos, Runtime},
+    probes::ProbeConfig,
+    sample::CgroupSample,
+    sampler::{Sampler, SamplerConfig},
+};
+use common::{schedstat, TestNetns, TestTree};
+
+const POD_UID: &str = "8e1f3c2a-7b4d-4e5f-9a6b-1c2d3e4f5a6b";
+const CONTAINER_ID: &str = "9b8f7e6d5c4b3a29180716253443526170819203a4b5c6d7e8f9a0b1c2d3e4f5";
+const DATAGRAMS: u64 = 200;
+const DATAGRAM_BYTES: usize = 1000;
+const CONNECTS: u64 = 5;
+
+fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
+    cgroups
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("{path} missing"))
+}
+
+#[test]
+fn kubepods_container_identity_stats_and_network() {
+    require_root_and_cgroup_v2!();
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: no iproute2 `ip` to create a network namespace");
+        return;
+    }
+    let mut tree = TestTree::create("k8s");
+    let pod_rel = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8e1f3c2a_7b4d_4e5f_9a6b_1c2d3e4f5a6b.slice";
+    let pod = tree.mkdir(pod_rel);
+    let container_rel = format!("{pod_rel}/cri-containerd-{CONTAINER_ID}.scope");
+    let container = tree.mkdir(&container_rel);
+    let netns = TestNetns::create();
+    let spinner = tree.spawn(&container_rel, netns.enter(), common::spin);
+    tree.spawn(&container_rel, netns.enter(), common::sleep_forever);
+
+    let config = SamplerConfig {
+        cgroup_root: None,
+        probes: ProbeConfig { max_cgroups: 4096 },
+    };
+    let mut sampler = Sampler::start(&config).expect("sampler");
+    let cpu_before = schedstat(spinner).0;
+
+    let socket = UdpSocket::bind((netns.host_ip, 0)).expect("bind host end");
+    for _ in 0..DATAGRAMS {
+        socket
+            .send_to(&[0x5a; DATAGRAM_BYTES], (netns.ns_ip, 9))
+            .expect("send");
+    }
+    for _ in 0..CONNECTS {
+        let refused =
+            TcpStream::connect_timeout(&SocketAddr::from((netns.ns_ip, 1)), Duration::from_secs(2));
+        assert!(refused.is_err(), "nothing listens on port 1");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let snapshot = sampler.sample(Some(&tree.top.path));
+    let cpu_truth = (schedstat(spinner).0 - cpu_before) as f64 * 1e-9;
+
+    let p = find(&snapshot.cgroups, &pod);
+    assert_eq!(p.kind, CgroupKind::Pod);
+    let pc = p.container.as_ref().expect("pod container object");
+    assert_eq!(
+        (pc.pod_uid.as_deref(), pc.qos),
+        (Some(POD_UID), Some(Qos::Burstable))
+    );
+
+    let c = find(&snapshot.cgroups, &container);
+    assert_eq!(c.kind, CgroupKind::Container);
+    let cc = c.container.as_ref().expect("container object");
+    assert_eq!(cc.id.as_deref(), Some(CONTAINER_ID));
+    assert_eq!(
+        (cc.runtime, cc.pod_uid.as_deref()),
+        (Some(Runtime::Containerd), Some(POD_UID))
+    );
+
+    // CPU: the container's usage from cpu.stat against the scheduler's cpu_time.
+    let usage = c.cpu.usage_seconds.expect("usage");
+    eprintln!("container cpu {usage:.3}s, schedstat {cpu_truth:.3}s");
+    assert!(
+        (usage - cpu_truth).abs() / cpu_truth < 0.10,
+        "{usage} vs {cpu_truth}"
+    );
+    assert!(
+        p.cpu.usage_seconds.unwrap_or(0.0) >= usage,
+        "a pod's usage includes its containers"
+    );
+    assert!(c.pressure.cpu.is_some(), "PSI present");
+
+    // Network: owned by the pod, read in the pod's namespace.
+    assert!(c.network.is_none(), "containers share their pod's network");
+    let net = p.network.as_ref().expect("pod network");
+    assert_eq!(net.netns, netns.inode());
+    let veth = net
+        .interfaces
+        .iter()
+        .find(|i| i.name == netns.ns_if)
+        .expect("veth in the pod's netns");
+    let wire = DATAGRAMS * (DATAGRAM_BYTES as u64 + 8 + 20 + 14); // UDP + IPv4 + Ethernet
+    eprintln!(
+        "veth rx {} packets {} bytes; expected ≥ {DATAGRAMS} / {wire}",
+        veth.rx_packets, veth.rx_bytes
+    );
+    assert!(veth.rx_packets >= DATAGRAMS + CONNECTS && veth.rx_packets < DATAGRAMS + CONNECTS + 20);
+    assert!(veth.rx_bytes >= wire && veth.rx_bytes < wire + 4096);
+    assert_eq!(net.udp.no_ports, Some(DATAGRAMS));
+    let rsts = net.tcp.out_rsts.expect("OutRsts");
+    assert!((CONNECTS..CONNECTS + 3).contains(&rsts), "OutRsts {rsts}");
+}
