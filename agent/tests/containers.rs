@@ -33,8 +33,12 @@ fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
 #[test]
 fn kubepods_container_identity_stats_and_network() {
     require_root_and_cgroup_v2!();
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: no iproute2 `ip` to create a network namespace");
+    let has_netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_netns {
+        eprintln!("skipped: no iproute2 `ip netns` to create a network namespace");
         return;
     }
     let mut tree = TestTree::create("k8s");
