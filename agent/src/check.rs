@@ -50,6 +50,9 @@ pub struct CheckReport {
     pub cgroup_root: Option<String>,
     /// Controllers enabled at the v2 root (`cgroup.subtree_control`).
     pub root_controllers: Vec<String>,
+    /// Why cgscope may see only part of the host's cgroup tree (a private cgroup
+    /// namespace, or a subtree mounted as the root), if it may.
+    pub hidden_host_tree: Option<String>,
     /// Pressure stall information: `/proc/pressure/*` and per-cgroup `*.pressure`.
     pub psi: bool,
     pub capabilities: Vec<Capability>,
@@ -74,6 +77,25 @@ fn capabilities() -> Vec<Capability> {
         .collect()
 }
 
+/// Whether the cgroup tree cgscope reads is only part of the host's. The root of a
+/// v2 hierarchy always has cgroup id (inode) 1: a mounted root with another inode is
+/// a subtree, whether through a cgroup namespace or a bind mount.
+fn hidden_host_tree(root: &Path, mount_source: Option<&str>) -> Option<String> {
+    const FIX: &str = "run with the host's cgroup namespace (cgroupns=host) or mount the host's cgroupfs and pass --cgroup-root";
+    if let Some(source) = mount_source.filter(|s| *s != "/") {
+        return Some(format!(
+            "the cgroup2 mount shows {source}, not the host's root: {FIX}"
+        ));
+    }
+    match std::fs::metadata(root).map(|m| std::os::unix::fs::MetadataExt::ino(&m)) {
+        Ok(1) | Err(_) => None,
+        Ok(id) => Some(format!(
+            "{} is cgroup {id}, not the root (1): {FIX}",
+            root.display()
+        )),
+    }
+}
+
 pub fn run(config: &SamplerConfig) -> CheckReport {
     let mut report = CheckReport {
         kernel: kernel_release(),
@@ -81,6 +103,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         cgroup_mode: None,
         cgroup_root: None,
         root_controllers: Vec::new(),
+        hidden_host_tree: None,
         psi: Path::new("/proc/pressure/cpu").exists(),
         capabilities: capabilities(),
         probes: Vec::new(),
@@ -90,6 +113,12 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
     match resolve_root(config.cgroup_root.as_ref()) {
         Ok((mounts, root)) => {
             report.cgroup_mode = Some(mounts.mode);
+            // mountinfo describes the detected mount, not a configured --cgroup-root.
+            let source = mounts
+                .v2_mount_source
+                .as_deref()
+                .filter(|_| config.cgroup_root.is_none());
+            report.hidden_host_tree = hidden_host_tree(&root, source);
             report.psi &= root.join("cpu.pressure").exists();
             report.root_controllers = std::fs::read_to_string(root.join("cgroup.subtree_control"))
                 .map(|s| s.split_whitespace().map(str::to_owned).collect())
@@ -99,7 +128,8 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         Err(e) => report.fatal = Some(e.to_string()),
     }
     report.probes = Probes::attach(&config.probes).status();
-    let degraded = !report.btf
+    let degraded = report.hidden_host_tree.is_some()
+        || !report.btf
         || !report.psi
         || report.root_controllers.is_empty()
         || report.probes.iter().any(|p| !p.attached);
@@ -128,6 +158,9 @@ impl std::fmt::Display for CheckReport {
             self.root_controllers.join(" ")
         };
         writeln!(f, "v2 controllers    {controllers}")?;
+        if let Some(hidden) = &self.hidden_host_tree {
+            writeln!(f, "cgroup namespace  PARTIAL VIEW: {hidden}")?;
+        }
         writeln!(f, "PSI               {}", yes(self.psi))?;
         for c in &self.capabilities {
             writeln!(f, "{:<17} {} ({})", c.name, yes(c.held), c.purpose)?;

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod check;
 pub mod config;
 pub mod histogram;
+pub mod host;
 pub mod net;
 pub mod probes;
 pub mod sample;

@@ -226,7 +226,8 @@ pub fn netns_of(pid: u32) -> std::io::Result<u64> {
 /// Per-namespace counters of the previous window.
 pub struct NetnsReader {
     previous: HashMap<u64, NetnsCounters>,
-    /// The host's namespace (PID 1's): cgroups in it have no network of their own.
+    /// The host's namespace: cgroups in it have no network of their own. PID 1's, or
+    /// where that is not readable, the agent's own (it runs with the host network).
     host: Option<u64>,
     text: String,
 }
@@ -235,7 +236,7 @@ impl Default for NetnsReader {
     fn default() -> Self {
         Self {
             previous: HashMap::new(),
-            host: netns_of(1).ok(),
+            host: netns_of(1).or_else(|_| netns_of(std::process::id())).ok(),
             text: String::new(),
         }
     }

@@ -15,6 +15,7 @@ use crate::{
         mount::CgroupMode,
     },
     histogram::LatencySummary,
+    host::HostSample,
     net::NetworkSample,
 };
 
@@ -40,6 +41,9 @@ pub struct Host {
     pub cgroup_mode: CgroupMode,
     /// Mount point of the cgroup v2 hierarchy that was scanned.
     pub cgroup_root: String,
+    /// The whole host in this window, to compare containers with.
+    #[serde(flatten)]
+    pub window: HostSample,
 }
 
 /// Whether a probe is attached, and why not.

@@ -18,6 +18,7 @@ use crate::{
         tree::CgroupDir,
     },
     histogram::{LatencySummary, LatencyTotals, LatencyWindow},
+    host::{HostReader, HostSample},
     net::NetnsReader,
     probes::{ProbeConfig, Probes},
     sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
@@ -65,6 +66,7 @@ pub struct Sampler {
     text: String,
     devices: DeviceNames,
     netns: NetnsReader,
+    host_reader: HostReader,
 }
 
 /// Finds the cgroup v2 root and the host's cgroup mode.
@@ -96,6 +98,7 @@ impl Sampler {
             kernel: kernel_release(),
             cgroup_mode: mounts.mode,
             cgroup_root: root.display().to_string(),
+            window: HostSample::default(),
         };
         let mut sampler = Self {
             host,
@@ -108,6 +111,7 @@ impl Sampler {
             text: String::new(),
             devices: DeviceNames::default(),
             netns: NetnsReader::default(),
+            host_reader: HostReader::default(),
         };
         let _baseline = sampler.sample(None);
         Ok(sampler)
@@ -268,6 +272,7 @@ impl Sampler {
 
         self.previous = next;
         self.previous_at = now;
+        self.host.window = self.host_reader.sample();
         Snapshot {
             schema: SCHEMA,
             timestamp_seconds: SystemTime::now()

@@ -1,6 +1,6 @@
 //! Where cgroup v2 is mounted, and in which mode the host runs cgroups.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -32,6 +32,9 @@ pub struct CgroupMounts {
     pub mode: CgroupMode,
     /// The cgroup v2 mount point, if any.
     pub v2_root: Option<PathBuf>,
+    /// Which cgroup of the hierarchy that mount shows as its root (mountinfo's
+    /// `root` field): `/` unless a cgroup namespace or a bind mount hides the rest.
+    pub v2_mount_source: Option<String>,
 }
 
 /// v1 controllers a `cgroup` mount can carry (a mount with none of them, like
@@ -63,20 +66,21 @@ pub fn detect() -> std::io::Result<CgroupMounts> {
 /// Parses mountinfo (proc(5)): `id parent major:minor root mountpoint options
 /// [optional...] - fstype source superoptions`.
 pub fn parse_mountinfo(text: &str) -> CgroupMounts {
-    let mut v2: Vec<PathBuf> = Vec::new();
+    let mut v2: Vec<(PathBuf, String)> = Vec::new();
     let mut v1_controllers = false;
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(mount_point) = left.split(' ').nth(4) else {
+        let mut fields = left.split(' ');
+        let (Some(source), Some(mount_point)) = (fields.nth(3), fields.next()) else {
             continue;
         };
         let mut right = right.split(' ');
         let fstype = right.next().unwrap_or_default();
         let super_opts = right.nth(1).unwrap_or_default();
         match fstype {
-            "cgroup2" => v2.push(PathBuf::from(unescape(mount_point))),
+            "cgroup2" => v2.push((PathBuf::from(unescape(mount_point)), unescape(source))),
             "cgroup" => {
                 v1_controllers |= super_opts.split(',').any(|o| V1_CONTROLLERS.contains(&o))
             }
@@ -84,17 +88,22 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
         }
     }
     // Prefer the canonical places; a container may see further bind mounts.
-    let v2_root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+    let chosen = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .iter()
-        .map(PathBuf::from)
-        .find(|p| v2.contains(p))
-        .or_else(|| v2.into_iter().next());
+        .find_map(|want| v2.iter().find(|(p, _)| p == Path::new(want)))
+        .or_else(|| v2.first())
+        .cloned();
+    let (v2_root, v2_mount_source) = chosen.map_or((None, None), |(p, s)| (Some(p), Some(s)));
     let mode = match (&v2_root, v1_controllers) {
         (None, _) => CgroupMode::Legacy,
         (Some(_), true) => CgroupMode::Hybrid,
         (Some(_), false) => CgroupMode::Unified,
     };
-    CgroupMounts { mode, v2_root }
+    CgroupMounts {
+        mode,
+        v2_root,
+        v2_mount_source,
+    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -131,6 +140,19 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.mode, CgroupMode::Hybrid);
         assert_eq!(m.v2_root, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(m.v2_mount_source.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn a_cgroup_namespace_shows_a_subtree() {
+        // cgroupfs mounted inside a container with a private cgroup namespace
+        let text =
+            "1410 1400 0:30 /../../kubepods.slice/x.scope /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(
+            m.v2_mount_source.as_deref(),
+            Some("/../../kubepods.slice/x.scope")
+        );
     }
 
     #[test]

@@ -1,0 +1,285 @@
+//! The whole host, for comparison with a container: CPU time from `/proc/stat`,
+//! disk totals from `/proc/diskstats`, and `/proc/pressure/*`.
+
+use serde::Serialize;
+
+use crate::{
+    cgroup::{
+        format::{number, FormatError},
+        pressure::Pressure,
+        read_file,
+    },
+    sample::PressureSample,
+    window::pressure_window,
+};
+
+/// The `cpu` line of `/proc/stat`, in clock ticks (USER_HZ):
+/// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+pub fn parse_proc_stat(text: &str) -> Result<CpuTicks, FormatError> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("no cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(number)
+        .collect::<Result<_, _>>()?;
+    if v.len() < 8 {
+        return Err(format!(
+            "cpu line has {} fields, expected at least 8",
+            v.len()
+        ));
+    }
+    Ok(CpuTicks {
+        user: v[0],
+        nice: v[1],
+        system: v[2],
+        idle: v[3],
+        iowait: v[4],
+        irq: v[5],
+        softirq: v[6],
+        steal: v[7],
+    })
+}
+
+/// One whole disk from `/proc/diskstats` (Documentation/admin-guide/iostats.rst):
+/// `major minor name reads merged sectors_read ms_reading writes merged
+/// sectors_written ms_writing in_flight ms_io weighted_ms ...`; sectors are 512 bytes.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Disk {
+    pub name: String,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Time with at least one IO in flight (`io_ticks`), in milliseconds.
+    pub busy_ms: u64,
+}
+
+/// Whole disks only (partitions, loop, ram and floppy devices are left out).
+pub fn parse_diskstats(
+    text: &str,
+    is_whole_disk: impl Fn(&str) -> bool,
+) -> Result<Vec<Disk>, FormatError> {
+    let mut disks = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(&name) = f.get(2) else { continue };
+        if ["loop", "ram", "fd"].iter().any(|p| name.starts_with(p)) || !is_whole_disk(name) {
+            continue;
+        }
+        if f.len() < 13 {
+            return Err(format!("{name}: {} fields, expected at least 13", f.len()));
+        }
+        let n = |i: usize| number(f[i]).map_err(|e| format!("{name}: {e}"));
+        disks.push(Disk {
+            name: name.to_owned(),
+            read_ops: n(3)?,
+            read_bytes: n(5)? * 512,
+            write_ops: n(7)?,
+            write_bytes: n(9)? * 512,
+            busy_ms: n(12)?,
+        });
+    }
+    Ok(disks)
+}
+
+/// A whole disk has a directory in `/sys/block`.
+fn sys_block_has(name: &str) -> bool {
+    std::path::Path::new("/sys/block").join(name).exists()
+}
+
+/// Host CPU time in the window, in seconds (deltas of `/proc/stat`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct HostCpu {
+    pub cpus: usize,
+    pub user_seconds: f64,
+    pub nice_seconds: f64,
+    pub system_seconds: f64,
+    pub idle_seconds: f64,
+    pub iowait_seconds: f64,
+    pub irq_seconds: f64,
+    pub softirq_seconds: f64,
+    pub steal_seconds: f64,
+}
+
+/// The host in one window: every field is a delta over the window except the PSI
+/// averages. `null` where the host has no such file.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct HostSample {
+    pub cpu: Option<HostCpu>,
+    pub pressure: PressureSample,
+    pub disks: Vec<Disk>,
+}
+
+#[derive(Default)]
+struct Readings {
+    cpu: Option<CpuTicks>,
+    pressure: [Option<Pressure>; 4],
+    disks: Vec<Disk>,
+}
+
+/// Reads the host files each window and keeps the previous reading.
+#[derive(Default)]
+pub struct HostReader {
+    previous: Readings,
+    text: String,
+}
+
+const PSI: [&str; 4] = ["cpu", "memory", "io", "irq"];
+
+impl HostReader {
+    fn read(&mut self, dir: &str, name: &str) -> Option<&str> {
+        match read_file(std::path::Path::new(dir), name, &mut self.text) {
+            Ok(true) => Some(&self.text),
+            Ok(false) => None,
+            Err(e) => {
+                log::warn!("{e}");
+                None
+            }
+        }
+    }
+
+    pub fn sample(&mut self) -> HostSample {
+        let mut now = Readings::default();
+        now.cpu = self.read("/proc", "stat").and_then(|t| {
+            parse_proc_stat(t)
+                .map_err(|e| log::warn!("/proc/stat: {e}"))
+                .ok()
+        });
+        for (slot, name) in now.pressure.iter_mut().zip(PSI) {
+            *slot = self
+                .read("/proc/pressure", name)
+                .and_then(|t| t.parse().ok());
+        }
+        now.disks = self
+            .read("/proc", "diskstats")
+            .and_then(|t| {
+                parse_diskstats(t, sys_block_has)
+                    .map_err(|e| log::warn!("/proc/diskstats: {e}"))
+                    .ok()
+            })
+            .unwrap_or_default();
+
+        let ticks = clock_ticks();
+        let cpu = now.cpu.map(|n| {
+            let b = self.previous.cpu.unwrap_or_default();
+            let s = |now: u64, then: u64| now.saturating_sub(then) as f64 / ticks;
+            HostCpu {
+                cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+                user_seconds: s(n.user, b.user),
+                nice_seconds: s(n.nice, b.nice),
+                system_seconds: s(n.system, b.system),
+                idle_seconds: s(n.idle, b.idle),
+                iowait_seconds: s(n.iowait, b.iowait),
+                irq_seconds: s(n.irq, b.irq),
+                softirq_seconds: s(n.softirq, b.softirq),
+                steal_seconds: s(n.steal, b.steal),
+            }
+        });
+        let p = |i: usize| {
+            pressure_window(now.pressure[i].as_ref(), self.previous.pressure[i].as_ref())
+        };
+        let pressure = PressureSample {
+            cpu: p(0),
+            memory: p(1),
+            io: p(2),
+            irq: p(3),
+        };
+        let disks = now
+            .disks
+            .iter()
+            .map(|d| {
+                let b = self
+                    .previous
+                    .disks
+                    .iter()
+                    .find(|p| p.name == d.name)
+                    .cloned()
+                    .unwrap_or_default();
+                Disk {
+                    name: d.name.clone(),
+                    read_ops: d.read_ops.saturating_sub(b.read_ops),
+                    write_ops: d.write_ops.saturating_sub(b.write_ops),
+                    read_bytes: d.read_bytes.saturating_sub(b.read_bytes),
+                    write_bytes: d.write_bytes.saturating_sub(b.write_bytes),
+                    busy_ms: d.busy_ms.saturating_sub(b.busy_ms),
+                }
+            })
+            .collect();
+        self.previous = now;
+        HostSample {
+            cpu,
+            pressure,
+            disks,
+        }
+    }
+}
+
+/// USER_HZ: the unit of `/proc/stat`.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn proc_stat_from_real_hosts() {
+        let vm = parse_proc_stat(&fixture("host-6.12/stat")).unwrap();
+        assert_eq!((vm.user, vm.system, vm.idle), (328, 244, 967));
+        assert!(parse_proc_stat(&fixture("host/stat")).is_ok());
+        assert!(parse_proc_stat("cpu 1 2 3\n").is_err());
+        assert!(parse_proc_stat("intr 5\n").is_err());
+    }
+
+    #[test]
+    fn diskstats_whole_disks_only() {
+        let disks = parse_diskstats(&fixture("host/diskstats"), |n| n == "vda").unwrap();
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].name, "vda");
+        assert_eq!(
+            (disks[0].read_ops, disks[0].read_bytes),
+            (208_540, 52_061_962 * 512)
+        );
+        assert_eq!(disks[0].busy_ms, 74_276);
+        assert!(parse_diskstats(" 8 0 sda 1 2\n", |_| true).is_err());
+    }
+
+    #[test]
+    fn reads_this_host_twice() {
+        let mut host = HostReader::default();
+        host.sample();
+        let second = host.sample();
+        let cpu = second.cpu.expect("/proc/stat");
+        assert!(cpu.cpus > 0 && cpu.idle_seconds >= 0.0);
+    }
+}
