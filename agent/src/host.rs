@@ -154,18 +154,18 @@ impl HostReader {
     }
 
     pub fn sample(&mut self) -> HostSample {
-        let mut now = Readings::default();
-        now.cpu = self.read("/proc", "stat").and_then(|t| {
+        let cpu = self.read("/proc", "stat").and_then(|t| {
             parse_proc_stat(t)
                 .map_err(|e| log::warn!("/proc/stat: {e}"))
                 .ok()
         });
-        for (slot, name) in now.pressure.iter_mut().zip(PSI) {
+        let mut pressure: [Option<Pressure>; 4] = Default::default();
+        for (slot, name) in pressure.iter_mut().zip(PSI) {
             *slot = self
                 .read("/proc/pressure", name)
                 .and_then(|t| t.parse().ok());
         }
-        now.disks = self
+        let disks = self
             .read("/proc", "diskstats")
             .and_then(|t| {
                 parse_diskstats(t, sys_block_has)
@@ -173,6 +173,11 @@ impl HostReader {
                     .ok()
             })
             .unwrap_or_default();
+        let now = Readings {
+            cpu,
+            pressure,
+            disks,
+        };
 
         let ticks = clock_ticks();
         let cpu = now.cpu.map(|n| {
