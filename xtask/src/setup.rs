@@ -21,6 +21,18 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "cargo xtask vm: packs the initramfs"),
     ("binutils", "cargo xtask vm: strips the test binaries"),
     (
+        "xz-utils",
+        "cargo xtask vm: unpacks the 6.12 kernel's modules",
+    ),
+    (
+        "fio",
+        "io.max test in the VMs: the IO workload and its own count of IOs",
+    ),
+    (
+        "iproute2",
+        "network tests: network namespaces and veth pairs",
+    ),
+    (
         "bpftool",
         "cargo xtask bench: per-program run time (bpf_stats)",
     ),

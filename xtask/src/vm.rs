@@ -85,6 +85,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         KernelChoice::V6_12 => k.name == "6.12",
     }) {
         let vmlinuz = fetch_kernel(kernel, &cache)?;
+        let initrd = with_modules(&initrd, &cache.join(kernel.name))?;
         let log = cache.join(format!("{}.log", kernel.name));
         let verdict = boot(&vmlinuz, &initrd, &log, Duration::from_secs(args.timeout))
             .and_then(|()| verdict(&fs::read_to_string(&log)?, binaries.len()));
@@ -192,6 +193,9 @@ mount -t devtmpfs devtmpfs /dev
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 ip link set lo up
+for m in $(cat /lib/modules/load-order 2>/dev/null); do
+  case $m in null_blk) insmod /lib/modules/$m.ko nr_devices=1 ;; *) insmod /lib/modules/$m.ko ;; esac
+done
 echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 for t in {tests}; do
   echo "== $t"
@@ -221,6 +225,15 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
     for lib in &libraries {
         install(&root, lib)?;
     }
+    // fio for the io.max test, with its libraries.
+    let fio = Path::new("/usr/bin/fio");
+    if fio.exists() {
+        let dst = install(&root, fio)?;
+        cmd::run(Command::new("strip").arg("--strip-debug").arg(&dst))?;
+        for lib in shared_libraries(fio)? {
+            install(&root, &lib)?;
+        }
+    }
     let fixtures = cmd::workspace_root().join("agent/tests/fixtures");
     copy_tree(&root, &fixtures)?;
     let init = root.join("init");
@@ -228,16 +241,99 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
     cmd::run(Command::new("chmod").arg("755").arg(&init))?;
 
     let initrd = cache.join("initrd.cpio.gz");
+    pack(&root, &initrd)?;
+    Ok(initrd)
+}
+
+/// Packs the tree at `root` into a gzip'd newc cpio archive at `out`.
+fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
     cmd::run(
         Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > {}",
-                initrd.display()
+                "find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > '{}'",
+                out.display()
             ))
-            .current_dir(&root),
+            .current_dir(root),
+    )
+}
+
+/// Kernel modules the tests use, loaded by init if present.
+const MODULES: [&str; 1] = ["null_blk"];
+
+/// Copies `module` (decompressed) and, first, the modules it depends on (modinfo's
+/// `depends=`) into `dst_dir`, appending each to `order` once, dependencies first.
+fn add_module(
+    module: &str,
+    kernel_dir: &Path,
+    dst_dir: &Path,
+    order: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if order.iter().any(|m| m == module) {
+        return Ok(());
+    }
+    let found = cmd::output(
+        Command::new("find")
+            .arg(kernel_dir.join("root/lib/modules"))
+            .args([
+                "-name",
+                &format!("{module}.ko"),
+                "-o",
+                "-name",
+                &format!("{module}.ko.xz"),
+            ]),
     )?;
-    Ok(initrd)
+    let Some(src) = found.lines().next().map(PathBuf::from) else {
+        eprintln!("vm: module {module} not in this kernel package (built in?)");
+        return Ok(());
+    };
+    let bytes = if src.extension().is_some_and(|e| e == "xz") {
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(&src)
+            .output()
+            .context("xz -dc")?;
+        if !out.status.success() {
+            bail!("xz -dc {} failed", src.display());
+        }
+        out.stdout
+    } else {
+        fs::read(&src)?
+    };
+    let depends = bytes
+        .split(|&b| b == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .unwrap_or_default();
+    for dep in depends.split(',').filter(|d| !d.is_empty()) {
+        add_module(dep, kernel_dir, dst_dir, order)?;
+    }
+    fs::write(dst_dir.join(format!("{module}.ko")), bytes)?;
+    order.push(module.to_owned());
+    Ok(())
+}
+
+/// The common initramfs followed by a second archive with this kernel's modules
+/// (the kernel unpacks concatenated archives in order).
+fn with_modules(common: &Path, kernel_dir: &Path) -> anyhow::Result<PathBuf> {
+    let staging = kernel_dir.join("modules-root");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    let dst_dir = staging.join("lib/modules");
+    fs::create_dir_all(&dst_dir)?;
+    let mut order: Vec<String> = Vec::new();
+    for module in MODULES {
+        add_module(module, kernel_dir, &dst_dir, &mut order)?;
+    }
+    fs::write(dst_dir.join("load-order"), order.join("\n") + "\n")?;
+    let modules = kernel_dir.join("modules.cpio.gz");
+    pack(&staging, &modules)?;
+    let combined = kernel_dir.join("initrd.cpio.gz");
+    let mut bytes = fs::read(common)?;
+    bytes.extend(fs::read(&modules)?);
+    fs::write(&combined, bytes)?;
+    Ok(combined)
 }
 
 /// Downloads and unpacks the kernel package once; returns its vmlinuz.

@@ -280,3 +280,82 @@ impl Drop for TestNetns {
             .status();
     }
 }
+
+/// Why a test that needs these controllers enabled below the v2 root cannot run.
+pub fn missing_controllers(wanted: &[&str]) -> Option<String> {
+    let enabled =
+        std::fs::read_to_string(v2_root().join("cgroup.subtree_control")).unwrap_or_default();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "controllers {missing:?} not enabled at the v2 root (hybrid host?); runs in the VMs"
+        )
+    })
+}
+
+impl TestCgroup {
+    /// A command whose process joins this cgroup before it execs, so that all of
+    /// its work is accounted here.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned())
+                .expect("path");
+        let mut cmd = std::process::Command::new(program);
+        // SAFETY: only open/write/close between fork and exec: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Waits up to `timeout` for a child started by `spawn` to exit.
+    pub fn wait_exit(&self, pid: Pid, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => return true,
+            }
+        }
+        false
+    }
+}
+
+/// A child body that maps and touches memory until the kernel stops it.
+pub fn eat_memory() -> ! {
+    const CHUNK: usize = 1 << 20;
+    loop {
+        // SAFETY: an anonymous private mapping, written only within its length.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                CHUNK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                libc::_exit(2);
+            }
+            let bytes = p.cast::<u8>();
+            for page in (0..CHUNK).step_by(4096) {
+                bytes.add(page).write_volatile(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Limits enforced by the kernel, as cgscope reports them: cpu.max throttling,
+//! memory.max OOM kills, io.max IOPS caps (against fio's own count). They need the
+//! controllers enabled below the v2 root: pure cgroup v2, so they run in the VMs.
+
+mod common;
+
+use std::time::Duration;
+
+use cgscope::{
+    probes::ProbeConfig,
+    sample::{CgroupSample, Snapshot},
+    sampler::{Sampler, SamplerConfig},
+};
+use common::TestCgroup;
+
+macro_rules! require_controllers {
+    ($($c:literal),*) => {
+        require_root_and_cgroup_v2!();
+        if let Some(reason) = common::missing_controllers(&[$($c),*]) {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+fn sampler() -> Sampler {
+    let config = SamplerConfig {
+        cgroup_root: None,
+        probes: ProbeConfig { max_cgroups: 4096 },
+    };
+    Sampler::start(&config).expect("sampler")
+}
+
+fn find<'a>(snapshot: &'a Snapshot, cg: &TestCgroup) -> &'a CgroupSample {
+    snapshot
+        .cgroups
+        .iter()
+        .find(|c| c.path == cg.path)
+        .expect("test cgroup in the snapshot")
+}
+
+#[test]
+fn cpu_max_throttles_a_busy_loop() {
+    require_controllers!("cpu");
+    let mut cg = TestCgroup::create("cpumax");
+    std::fs::write(cg.dir.join("cpu.max"), "20000 100000").expect("cpu.max");
+    cg.spawn(None, common::spin);
+    let mut sampler = sampler();
+    std::thread::sleep(Duration::from_secs(3));
+    let snapshot = sampler.sample(Some(&cg.path));
+    let cpu = &find(&snapshot, &cg).cpu;
+    let (periods, throttled) = (
+        cpu.periods.expect("periods"),
+        cpu.throttled_periods.expect("throttled"),
+    );
+    let usage = cpu.usage_seconds.expect("usage");
+    let expected = 0.2 * snapshot.window_seconds;
+    eprintln!("periods {periods}, throttled {throttled}, usage {usage:.3}s (0.2 × window = {expected:.3}s)");
+    assert_eq!(cpu.limit_cores, Some(0.2));
+    assert!(
+        periods >= 20 && throttled as f64 >= 0.9 * periods as f64,
+        "{throttled}/{periods}"
+    );
+    assert!(
+        (usage - expected).abs() / expected < 0.10,
+        "usage {usage} vs {expected}"
+    );
+    assert!(cpu.throttled_seconds.is_some_and(|t| t > 0.0));
+}
+
+#[test]
+fn memory_max_kills_a_memory_hog() {
+    require_controllers!("memory");
+    const LIMIT: u64 = 32 << 20;
+    let mut cg = TestCgroup::create("memmax");
+    std::fs::write(cg.dir.join("memory.max"), LIMIT.to_string()).expect("memory.max");
+    let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+    let mut sampler = sampler();
+    let hog = cg.spawn(None, common::eat_memory);
+    assert!(
+        cg.wait_exit(hog, Duration::from_secs(60)),
+        "the hog outlived memory.max"
+    );
+    let snapshot = sampler.sample(Some(&cg.path));
+    let memory = find(&snapshot, &cg)
+        .memory
+        .as_ref()
+        .expect("memory controller");
+    let events = memory.events.as_ref().expect("memory.events");
+    eprintln!("events {events:?}, peak {:?}", memory.peak_bytes);
+    assert_eq!(memory.max_bytes, Some(LIMIT));
+    assert!(
+        events.max.is_some_and(|n| n >= 1),
+        "max events {:?}",
+        events.max
+    );
+    assert!(
+        events.oom_kill.is_some_and(|n| n >= 1),
+        "oom_kill {:?}",
+        events.oom_kill
+    );
+    assert!(memory
+        .peak_bytes
+        .is_some_and(|p| p >= LIMIT * 9 / 10 && p <= LIMIT));
+}
+
+#[test]
+fn io_max_caps_iops_and_counts_match_fio() {
+    require_controllers!("io");
+    const IOPS: u64 = 100;
+    let Ok(dev) = std::fs::read_to_string("/sys/block/nullb0/dev") else {
+        eprintln!("skipped: no null_blk device (/dev/nullb0); the VMs load null_blk");
+        return;
+    };
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no fio");
+        return;
+    }
+    let dev = dev.trim().to_owned();
+    let cg = TestCgroup::create("iomax");
+    std::fs::write(cg.dir.join("io.max"), format!("{dev} riops={IOPS}")).expect("io.max");
+    let mut sampler = sampler();
+    let out = cg
+        .command("fio")
+        .args([
+            "--name=capped",
+            "--filename=/dev/nullb0",
+            "--rw=randread",
+            "--bs=4k",
+            "--direct=1",
+        ])
+        .args([
+            "--ioengine=psync",
+            "--time_based",
+            "--runtime=3",
+            "--output-format=json",
+        ])
+        .output()
+        .expect("run fio");
+    assert!(
+        out.status.success(),
+        "fio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot = sampler.sample(Some(&cg.path));
+    let fio: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fio JSON");
+    let fio_ios = fio["jobs"][0]["read"]["total_ios"]
+        .as_u64()
+        .expect("total_ios");
+    let fio_iops = fio["jobs"][0]["read"]["iops"].as_f64().expect("iops");
+
+    let io = find(&snapshot, &cg).io.as_ref().expect("io controller");
+    let device = io
+        .devices
+        .iter()
+        .find(|d| d.device == dev)
+        .expect("nullb0 in io.stat");
+    eprintln!(
+        "fio: {fio_ios} IOs at {fio_iops:.1} IOPS; cgscope: {} read ops, {:.1} IOPS over {:.2}s",
+        device.read_ops, device.read_iops, snapshot.window_seconds
+    );
+    assert_eq!(device.name.as_deref(), Some("nullb0"));
+    assert_eq!(device.limit_read_iops, Some(IOPS));
+    assert!(
+        (fio_iops - IOPS as f64).abs() / (IOPS as f64) < 0.10,
+        "fio ran at {fio_iops} IOPS under a cap of {IOPS}"
+    );
+    let diff = device.read_ops.abs_diff(fio_ios) as f64 / fio_ios as f64;
+    assert!(
+        diff < 0.02,
+        "cgscope {} read ops vs fio {fio_ios}",
+        device.read_ops
+    );
+    assert!(device.read_iops <= IOPS as f64 * 1.10);
+}
