@@ -101,7 +101,7 @@ fn memory_max_kills_a_memory_hog() {
     );
     assert!(memory
         .peak_bytes
-        .is_some_and(|p| p >= LIMIT * 9 / 10 && p <= LIMIT));
+        .is_some_and(|p| (LIMIT * 9 / 10..=LIMIT).contains(&p)));
 }
 
 #[test]
