@@ -67,6 +67,12 @@ pub struct CgroupStats {
     pub cgroup: Option<CgroupStat>,
 }
 
+// Controllers in `cgroup.controllers`, as bits.
+const CPU: u8 = 1;
+const MEMORY: u8 = 2;
+const IO: u8 = 4;
+const PIDS: u8 = 8;
+
 /// Reads and parses the files of one cgroup, reusing one text buffer.
 pub struct StatsReader<'a> {
     dir: &'a Path,
@@ -118,42 +124,47 @@ impl<'a> StatsReader<'a> {
         self.parse(name, limit).flatten()
     }
 
-    /// Reads every file. `None` if the cgroup is gone (`cpu.stat` exists in every
-    /// v2 cgroup, with or without controllers).
+    /// Reads every file of the controllers enabled in this cgroup (from
+    /// `cgroup.controllers`, so that no file that cannot exist is opened). `None` if
+    /// the cgroup is gone (`cpu.stat` exists in every v2 cgroup).
     pub fn read(&mut self) -> Option<CgroupStats> {
         let cpu = self.parse("cpu.stat", str::parse::<CpuStat>)?;
-        let memory = self
-            .parse("memory.current", |t| number(t.trim()))
-            .map(|current| MemoryStats {
-                current,
-                stat: self.parse("memory.stat", str::parse),
-                events: self.parse("memory.events", str::parse),
-                max: self.limit("memory.max"),
-                high: self.limit("memory.high"),
-                low: self.limit("memory.low"),
-                min: self.limit("memory.min"),
-                peak: self.limit("memory.peak"),
-                swap_current: self.limit("memory.swap.current"),
-                swap_max: self.limit("memory.swap.max"),
-            });
-        let pids = self
-            .parse("pids.current", |t| number(t.trim()))
-            .map(|current| PidsStats {
-                current,
-                max: self.limit("pids.max"),
-                events: self.parse("pids.events", str::parse),
-            });
-        let mut io = Vec::new();
-        let io = self
-            .parse("io.stat", |t| parse_io_stat(t, &mut io))
-            .map(|()| io);
-        let mut io_max = Vec::new();
-        let _ = self.parse("io.max", |t| parse_io_max(t, &mut io_max));
+        let controllers = self.text("cgroup.controllers").map_or(0, |t| {
+            t.split_whitespace().fold(0u8, |acc, c| {
+                acc | match c {
+                    "cpu" => CPU,
+                    "memory" => MEMORY,
+                    "io" => IO,
+                    "pids" => PIDS,
+                    _ => 0,
+                }
+            })
+        });
+        let has = |bit: u8| controllers & bit != 0;
+        let memory = if has(MEMORY) { self.memory() } else { None };
+        let pids = if has(PIDS) { self.pids() } else { None };
+        let (mut io, mut io_max) = (Vec::new(), Vec::new());
+        let io = if has(IO) {
+            let _ = self.parse("io.max", |t| parse_io_max(t, &mut io_max));
+            self.parse("io.stat", |t| parse_io_stat(t, &mut io))
+                .map(|()| io)
+        } else {
+            None
+        };
+        let (cpu_max, cpu_max_burst_usec, cpu_weight) = if has(CPU) {
+            (
+                self.parse("cpu.max", str::parse),
+                self.parse("cpu.max.burst", |t| number(t.trim())),
+                self.parse("cpu.weight", |t| number(t.trim())),
+            )
+        } else {
+            (None, None, None)
+        };
         Some(CgroupStats {
             cpu,
-            cpu_max: self.parse("cpu.max", str::parse),
-            cpu_max_burst_usec: self.parse("cpu.max.burst", |t| number(t.trim())),
-            cpu_weight: self.parse("cpu.weight", |t| number(t.trim())),
+            cpu_max,
+            cpu_max_burst_usec,
+            cpu_weight,
             memory,
             io,
             io_max,
@@ -163,6 +174,31 @@ impl<'a> StatsReader<'a> {
             io_pressure: self.parse("io.pressure", str::parse),
             irq_pressure: self.parse("irq.pressure", str::parse),
             cgroup: self.parse("cgroup.stat", str::parse),
+        })
+    }
+
+    fn memory(&mut self) -> Option<MemoryStats> {
+        let current = self.parse("memory.current", |t| number(t.trim()))?;
+        Some(MemoryStats {
+            current,
+            stat: self.parse("memory.stat", str::parse),
+            events: self.parse("memory.events", str::parse),
+            max: self.limit("memory.max"),
+            high: self.limit("memory.high"),
+            low: self.limit("memory.low"),
+            min: self.limit("memory.min"),
+            peak: self.limit("memory.peak"),
+            swap_current: self.limit("memory.swap.current"),
+            swap_max: self.limit("memory.swap.max"),
+        })
+    }
+
+    fn pids(&mut self) -> Option<PidsStats> {
+        let current = self.parse("pids.current", |t| number(t.trim()))?;
+        Some(PidsStats {
+            current,
+            max: self.limit("pids.max"),
+            events: self.parse("pids.events", str::parse),
         })
     }
 }
