@@ -68,15 +68,18 @@ pub struct LatencyWindow {
 
 impl Default for LatencyWindow {
     fn default() -> Self {
-        Self {
-            sum_ns: 0,
-            zero_count: 0,
-            buckets: [0; BUCKETS],
-        }
+        Self::EMPTY
     }
 }
 
 impl LatencyWindow {
+    /// Nothing recorded.
+    pub const EMPTY: Self = Self {
+        sum_ns: 0,
+        zero_count: 0,
+        buckets: [0; BUCKETS],
+    };
+
     pub fn add(&mut self, other: &Self) {
         self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
         self.zero_count += other.zero_count;

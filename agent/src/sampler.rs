@@ -137,7 +137,8 @@ impl Sampler {
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
         // Per walked cgroup: its sample (if it still exists) and its own runq window.
         let mut samples: Vec<Option<CgroupSample>> = Vec::with_capacity(self.dirs.len());
-        let mut runq_windows: Vec<LatencyWindow> = Vec::with_capacity(self.dirs.len());
+        // Only cgroups (and their ancestors) that recorded waits get a window.
+        let mut runq_windows: Vec<Option<Box<LatencyWindow>>> = Vec::with_capacity(self.dirs.len());
         let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(self.dirs.len());
         let mut errors = Vec::new();
         for (i, dir) in self.dirs.iter().enumerate() {
@@ -149,8 +150,8 @@ impl Sampler {
             let runq = self.runq.get(&dir.id).cloned();
             runq_windows.push(
                 runq.as_ref()
-                    .map(|r| r.since(prev.and_then(|p| p.runq.as_ref())))
-                    .unwrap_or_default(),
+                    .map(|r| Box::new(r.since(prev.and_then(|p| p.runq.as_ref()))))
+                    .filter(|w| w.count() > 0),
             );
             let Some(stats) = stats else {
                 samples.push(None); // removed during the scan
@@ -222,7 +223,9 @@ impl Sampler {
                 continue;
             }
             if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
-                runq_windows[parent].add(&last);
+                runq_windows[parent]
+                    .get_or_insert_with(Box::default)
+                    .add(&last);
             }
             removed.push(CgroupSample {
                 path: prev.path.clone(),
@@ -250,25 +253,30 @@ impl Sampler {
         // Like cpu.stat, a cgroup's run-queue latency covers its descendants: the walk
         // lists parents before children, so summing from the end is bottom-up.
         for i in (1..self.dirs.len()).rev() {
+            let Some(child) = runq_windows[i].take() else {
+                continue;
+            };
             if let Some(&parent) = parent_path(&self.dirs[i].path).and_then(|p| index_of.get(p)) {
-                let child = std::mem::take(&mut runq_windows[i]);
-                runq_windows[parent].add(&child);
-                runq_windows[i] = child;
+                runq_windows[parent]
+                    .get_or_insert_with(Box::default)
+                    .add(&child);
             }
+            runq_windows[i] = Some(child);
         }
         let runq_attached = self.probes.runq.is_ok();
-        let mut cgroups: Vec<CgroupSample> = samples
+        // Walk order (parents before children), removed cgroups last.
+        let cgroups: Vec<CgroupSample> = samples
             .into_iter()
             .zip(&runq_windows)
             .filter_map(|(sample, window)| {
                 let mut sample = sample?;
+                let window = window.as_deref().unwrap_or(&LatencyWindow::EMPTY);
                 sample.cpu.runq_latency = runq_attached.then(|| LatencySummary::from(window));
                 Some(sample)
             })
             .chain(removed)
             .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p)))
             .collect();
-        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
 
         self.previous = next;
         self.previous_at = now;

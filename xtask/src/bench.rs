@@ -18,7 +18,10 @@ use crate::cmd;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Bench {
+    /// Run-queue latency probe vs libbpf-tools runqlat.
     Runq,
+    /// One cgroup scan of 100 / 1,000 / 5,000 cgroups vs reading the same files.
+    Cgroups,
 }
 
 #[derive(clap::Args)]
@@ -151,8 +154,15 @@ impl Drop for BpfStats {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let Bench::Runq = args.bench;
     crate::setup::run()?;
+    match args.bench {
+        Bench::Runq => runq(args),
+        // In-process (thread CPU time, a counting allocator): a cargo bench target.
+        Bench::Cgroups => cmd::cargo(&["bench", "-q", "-p", "cgscope", "--bench", "scan"]),
+    }
+}
+
+fn runq(args: &BenchArgs) -> anyhow::Result<()> {
     cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
     let cgscope = cmd::workspace_root().join("target/release/cgscope");
     let _stats = BpfStats::enable()?;

@@ -13,7 +13,7 @@ pub mod pressure;
 pub mod stats;
 pub mod tree;
 
-use std::path::Path;
+use std::{os::fd::FromRawFd, path::Path};
 
 /// Errors reading one cgroup file.
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +34,54 @@ pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, Cgrou
     buf.clear();
     let path = dir.join(name);
     let result = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(buf));
+    gone_or(result, || path.display().to_string())
+}
+
+/// An open cgroup directory: its files are opened relative to it (`openat`), so
+/// neither a path is built nor the full path walked for each file.
+pub struct CgroupDirFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl CgroupDirFd {
+    /// `None` if the cgroup is gone (or unreadable: its files will say why).
+    pub fn open(dir: &Path) -> Option<Self> {
+        use nix::{fcntl::OFlag, sys::stat::Mode};
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let raw = nix::fcntl::open(dir, flags, Mode::empty()).ok()?;
+        // SAFETY: `raw` was just opened and is owned by nothing else.
+        Some(Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    /// Reads the file `name` of this cgroup into `buf`, as [`read_file`] does.
+    pub fn read(&self, dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
+        use nix::{fcntl::OFlag, sys::stat::Mode};
+        use std::{
+            io::Read,
+            os::fd::{AsRawFd, FromRawFd},
+        };
+        buf.clear();
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let result = nix::fcntl::openat(Some(self.fd.as_raw_fd()), name, flags, Mode::empty())
+            .map_err(std::io::Error::from)
+            // SAFETY: `raw` was just opened and is owned by the File from here on.
+            .map(|raw| unsafe { std::fs::File::from_raw_fd(raw) })
+            .and_then(|mut f| f.read_to_string(buf));
+        gone_or(result, || dir.join(name).display().to_string())
+    }
+}
+
+fn gone_or<T>(
+    result: std::io::Result<T>,
+    path: impl FnOnce() -> String,
+) -> Result<bool, CgroupError> {
     match result {
         Ok(_) => Ok(true),
         Err(e) if is_gone(&e) => Ok(false),
         Err(source) => Err(CgroupError::Io {
-            path: path.display().to_string(),
+            path: path(),
             source,
         }),
     }

@@ -12,7 +12,7 @@ use super::{
     memory::{flat_keyed, MemoryEvents, MemoryStat},
     pids::PidsEvents,
     pressure::Pressure,
-    read_file, CgroupError,
+    CgroupDirFd, CgroupError,
 };
 
 /// `cgroup.stat`: live and dying descendant cgroups (gauges).
@@ -76,6 +76,8 @@ const PIDS: u8 = 8;
 /// Reads and parses the files of one cgroup, reusing one text buffer.
 pub struct StatsReader<'a> {
     dir: &'a Path,
+    /// `None` if the directory could not be opened: the cgroup is gone.
+    fd: Option<CgroupDirFd>,
     text: &'a mut String,
     /// Problems met, for the caller to report (a scan never stops on one).
     pub errors: Vec<CgroupError>,
@@ -85,6 +87,7 @@ impl<'a> StatsReader<'a> {
     pub fn new(dir: &'a Path, text: &'a mut String) -> Self {
         Self {
             dir,
+            fd: CgroupDirFd::open(dir),
             text,
             errors: Vec::new(),
         }
@@ -92,7 +95,7 @@ impl<'a> StatsReader<'a> {
 
     /// Reads `name`; `None` if absent or unreadable (the latter recorded).
     fn text(&mut self, name: &str) -> Option<&str> {
-        match read_file(self.dir, name, self.text) {
+        match self.fd.as_ref()?.read(self.dir, name, self.text) {
             Ok(true) => Some(self.text.as_str()),
             Ok(false) => None,
             Err(e) => {

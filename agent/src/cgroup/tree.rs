@@ -29,9 +29,9 @@ pub fn walk(root: &Path, out: &mut Vec<CgroupDir>) -> std::io::Result<()> {
     });
     let mut next = 0;
     while next < out.len() {
-        let parent = out[next].clone();
+        let parent = next;
         next += 1;
-        let Ok(entries) = std::fs::read_dir(&parent.dir) else {
+        let Ok(entries) = std::fs::read_dir(&out[parent].dir) else {
             continue; // removed since it was listed
         };
         for entry in entries.flatten() {
@@ -40,11 +40,13 @@ pub fn walk(root: &Path, out: &mut Vec<CgroupDir>) -> std::io::Result<()> {
             }
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let path = if parent.path == "/" {
-                format!("/{name}")
-            } else {
-                format!("{}/{name}", parent.path)
-            };
+            let parent_path = &out[parent].path;
+            let mut path = String::with_capacity(parent_path.len() + 1 + name.len());
+            if parent_path != "/" {
+                path.push_str(parent_path);
+            }
+            path.push('/');
+            path.push_str(&name);
             // kernfs reports the node's inode in readdir: no stat needed.
             out.push(CgroupDir {
                 path,
