@@ -4,7 +4,7 @@
 //!
 //! The initramfs holds busybox, the test binaries at their build paths (so the
 //! paths compiled into them still resolve), their shared libraries and the fixtures.
-//! TCG only: KVM hangs on this machine.
+//! TCG only (KVM hangs on this machine), one vCPU (see `boot`).
 
 use std::{
     collections::BTreeSet,
@@ -443,6 +443,12 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
 
 /// Pass if every test binary exited 0; returns the tests' "skipped:" lines.
 fn verdict(log: &str, binaries: usize) -> anyhow::Result<Vec<String>> {
+    if let Some(oops) = log
+        .lines()
+        .find(|l| l.contains("Oops:") || l.contains("Kernel panic"))
+    {
+        bail!("the guest kernel crashed: {}", oops.trim());
+    }
     if !log.contains(DONE_MARK) {
         bail!("the VM did not finish its tests");
     }
