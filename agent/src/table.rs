@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::sample::Snapshot;
+use crate::sample::{CgroupSample, Snapshot};
 
 /// A duration in seconds with a unit that keeps three significant digits.
 pub fn duration(seconds: f64) -> String {
@@ -19,7 +19,7 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
-/// One line per cgroup, the busiest run queues first.
+/// One line per cgroup, the longest run-queue waits first.
 pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -40,45 +40,85 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>8} {:>9} {:>10} {:>9} {:>9} {:>9}  PATH",
-        "CPU", "RUNQ-WAIT", "WAITS", "P50", "P99", "MAX"
+        "{:>6} {:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}  {:<9} PATH",
+        "CPU", "LIMIT", "THROTTLED", "MEM", "WAITS", "RUNQ-WAIT", "P50", "P99", "KIND"
     );
     let mut rows: Vec<_> = snapshot.cgroups.iter().collect();
-    let wait = |c: &&crate::sample::CgroupSample| {
-        c.cpu.runq_latency.as_ref().map_or(0.0, |r| r.sum_seconds)
-    };
+    let wait = |c: &&CgroupSample| c.cpu.runq_latency.as_ref().map_or(0.0, |r| r.sum_seconds);
     rows.sort_by(|a, b| {
         wait(b)
             .total_cmp(&wait(a))
             .then_with(|| a.path.cmp(&b.path))
     });
+    let dash = || "-".to_owned();
     for c in rows {
-        let cpu = c.cpu.usage_seconds.map_or("-".into(), |s| {
-            format!("{:.2}", s / snapshot.window_seconds.max(1e-9))
+        let per_window = |s: f64| s / snapshot.window_seconds.max(1e-9);
+        let cpu = c
+            .cpu
+            .usage_seconds
+            .map_or_else(dash, |s| format!("{:.2}", per_window(s)));
+        let limit = c.cpu.limit_cores.map_or_else(dash, |l| format!("{l:.2}"));
+        let throttled = match (c.cpu.throttled_periods, c.cpu.periods) {
+            (Some(t), Some(p)) if p > 0 => format!("{:.0}%", 100.0 * t as f64 / p as f64),
+            _ => dash(),
+        };
+        let mem = c.memory.as_ref().map_or_else(dash, |m| {
+            bytes(m.working_set_bytes.unwrap_or(m.current_bytes))
         });
-        let (sum, count, p50, p99, max) = match &c.cpu.runq_latency {
+        let (count, sum, p50, p99) = match &c.cpu.runq_latency {
             Some(r) => (
-                duration(r.sum_seconds),
                 r.count.to_string(),
+                duration(r.sum_seconds),
                 duration(r.p50_seconds),
                 duration(r.p99_seconds),
-                duration(r.max_bucket_seconds),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            None => (dash(), dash(), dash(), dash()),
         };
+        let kind = serde_json::to_value(c.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let name = c
+            .container
+            .as_ref()
+            .and_then(|k| k.name.as_deref())
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         let removed = if c.removed { " (removed)" } else { "" };
         let _ = writeln!(
             out,
-            "{cpu:>8} {sum:>9} {count:>10} {p50:>9} {p99:>9} {max:>9}  {}{removed}",
+            "{cpu:>6} {limit:>6} {throttled:>9} {mem:>9} {count:>7} {sum:>9} {p50:>9} {p99:>9}  {kind:<9} {}{name}{removed}",
             c.path
         );
     }
     out
 }
 
+/// Bytes with a binary unit.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::duration;
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(super::bytes(512), "512B");
+        assert_eq!(super::bytes(33_554_432), "32.0MiB");
+    }
 
     #[test]
     fn durations() {
