@@ -138,8 +138,8 @@ fn main() {
     for n in [100, 1_000, 5_000] {
         let cgroups = Cgroups::create(&root, n);
         let config = SamplerConfig {
-            cgroup_root: None,
             probes: ProbeConfig { max_cgroups: 8192 },
+            ..SamplerConfig::default()
         };
         let mut sampler = Sampler::start(&config).expect("sampler");
         let mut buf = Vec::with_capacity(8192);

@@ -7,7 +7,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use cgscope_common::runq::DEFAULT_MAX_CGROUPS;
 use clap::{Args, ValueEnum};
 
-use crate::{probes::ProbeConfig, sampler::SamplerConfig};
+use crate::{
+    metadata::{MetadataConfig, DEFAULT_DOCKER_SOCKETS},
+    probes::ProbeConfig,
+    sampler::SamplerConfig,
+};
 
 /// Settings every command that samples shares.
 #[derive(Debug, Clone, Args)]
@@ -22,6 +26,13 @@ pub struct SamplingOptions {
     #[arg(long, env = "CGSCOPE_MAX_CGROUPS", default_value_t = DEFAULT_MAX_CGROUPS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_cgroups: u32,
+
+    /// Docker Engine API sockets to ask for container names (Docker, and Podman's
+    /// compatible service); absent ones are skipped. Repeat the flag, or separate
+    /// with commas in the environment.
+    #[arg(long = "docker-socket", env = "CGSCOPE_DOCKER_SOCKETS", value_delimiter = ',',
+          default_values = DEFAULT_DOCKER_SOCKETS, value_name = "PATH")]
+    pub docker_sockets: Vec<PathBuf>,
 }
 
 impl SamplingOptions {
@@ -30,6 +41,10 @@ impl SamplingOptions {
             cgroup_root: self.cgroup_root.clone(),
             probes: ProbeConfig {
                 max_cgroups: self.max_cgroups,
+            },
+            metadata: MetadataConfig {
+                docker_sockets: self.docker_sockets.clone(),
+                ..MetadataConfig::default()
             },
         }
     }

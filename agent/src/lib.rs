@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod histogram;
 pub mod host;
+pub mod metadata;
 pub mod net;
 pub mod probes;
 pub mod sample;

@@ -101,6 +101,8 @@ pub struct ContainerSample {
     pub runtime: Option<Runtime>,
     pub image: Option<String>,
     pub qos: Option<Qos>,
+    /// The runtime's labels (sanitised).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// CPU. Counters (`*_seconds`, `periods`, `throttled_periods`, `bursts`) are deltas

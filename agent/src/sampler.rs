@@ -19,6 +19,7 @@ use crate::{
     },
     histogram::{LatencySummary, LatencyTotals, LatencyWindow},
     host::{HostReader, HostSample},
+    metadata::{Metadata, MetadataConfig},
     net::NetnsReader,
     probes::{ProbeConfig, Probes},
     sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
@@ -38,12 +39,26 @@ pub enum SamplerError {
     },
 }
 
-/// What the sampler needs to start.
+/// What the sampler needs to start. `Default` is what `cgscope run` uses without
+/// flags or environment.
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
     /// cgroup v2 mount point; detected from mountinfo when `None`.
     pub cgroup_root: Option<PathBuf>,
     pub probes: ProbeConfig,
+    pub metadata: MetadataConfig,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_root: None,
+            probes: ProbeConfig {
+                max_cgroups: cgscope_common::runq::DEFAULT_MAX_CGROUPS,
+            },
+            metadata: MetadataConfig::default(),
+        }
+    }
 }
 
 /// Cumulative counters of one cgroup at the previous read.
@@ -67,6 +82,7 @@ pub struct Sampler {
     devices: DeviceNames,
     netns: NetnsReader,
     host_reader: HostReader,
+    metadata: Metadata,
 }
 
 /// Finds the cgroup v2 root and the host's cgroup mode.
@@ -112,6 +128,7 @@ impl Sampler {
             devices: DeviceNames::default(),
             netns: NetnsReader::default(),
             host_reader: HostReader::default(),
+            metadata: Metadata::start(config.metadata.clone()),
         };
         let _baseline = sampler.sample(None);
         Ok(sampler)
@@ -198,6 +215,7 @@ impl Sampler {
             );
         }
 
+        self.metadata.annotate(&mut samples);
         let network_errors = assign_network(&mut self.netns, &self.dirs, &mut samples, &index_of);
         if let Some(first) = network_errors.first() {
             log::warn!(

@@ -11,7 +11,6 @@ use std::{
 
 use cgscope::{
     cgroup::identity::{CgroupKind, Qos, Runtime},
-    probes::ProbeConfig,
     sample::CgroupSample,
     sampler::{Sampler, SamplerConfig},
 };
@@ -50,10 +49,7 @@ fn kubepods_container_identity_stats_and_network() {
     let spinner = tree.spawn(&container_rel, netns.enter(), common::spin);
     tree.spawn(&container_rel, netns.enter(), common::sleep_forever);
 
-    let config = SamplerConfig {
-        cgroup_root: None,
-        probes: ProbeConfig { max_cgroups: 4096 },
-    };
+    let config = SamplerConfig::default();
     let mut sampler = Sampler::start(&config).expect("sampler");
     let cpu_before = schedstat(spinner).0;
 

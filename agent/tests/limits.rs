@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use cgscope::{
-    probes::ProbeConfig,
     sample::{CgroupSample, Snapshot},
     sampler::{Sampler, SamplerConfig},
 };
@@ -24,10 +23,7 @@ macro_rules! require_controllers {
 }
 
 fn sampler() -> Sampler {
-    let config = SamplerConfig {
-        cgroup_root: None,
-        probes: ProbeConfig { max_cgroups: 4096 },
-    };
+    let config = SamplerConfig::default();
     Sampler::start(&config).expect("sampler")
 }
 

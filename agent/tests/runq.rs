@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use cgscope::{
-    probes::ProbeConfig,
     sample::CgroupSample,
     sampler::{Sampler, SamplerConfig},
 };
@@ -33,10 +32,7 @@ fn runq_latency_matches_schedstat_run_delay() {
     ];
     idle.spawn(None, common::sleep_forever);
 
-    let config = SamplerConfig {
-        cgroup_root: None,
-        probes: ProbeConfig { max_cgroups: 4096 },
-    };
+    let config = SamplerConfig::default();
     let mut sampler = Sampler::start(&config).expect("sampler");
     if let Err(e) = &sampler.probes().runq {
         panic!("runq probe did not attach: {e}");
@@ -98,10 +94,7 @@ fn runq_latency_matches_schedstat_run_delay() {
 #[test]
 fn removed_cgroup_keeps_its_last_window_and_leaves_the_map() {
     require_root_and_cgroup_v2!();
-    let config = SamplerConfig {
-        cgroup_root: None,
-        probes: ProbeConfig { max_cgroups: 4096 },
-    };
+    let config = SamplerConfig::default();
     let mut sampler = Sampler::start(&config).expect("sampler");
     let mut gone = TestCgroup::create("gone");
     gone.spawn(Some(0), common::spin);

@@ -1,0 +1,231 @@
+//! Names from the container runtimes. All runtime I/O happens on one background
+//! thread that fills a cache; the sampler only reads the cache and asks for a
+//! refresh when it meets a container id it does not know, so a slow or hung runtime
+//! never stalls a scan (names then appear from the next window on). Every string a
+//! runtime returns is untrusted: control characters are stripped, lengths capped,
+//! and nothing is ever used to build a filesystem path.
+
+pub mod docker;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cgroup::identity::{CgroupKind, Runtime},
+    sample::CgroupSample,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("container runtime at {socket}: {what}")]
+    Runtime { socket: String, what: String },
+}
+
+/// What a runtime says about one container (strings sanitised).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMeta {
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub pod_uid: Option<String>,
+    pub runtime: Runtime,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Longest string kept from a runtime (a Kubernetes label value is at most 63,
+/// a DNS subdomain 253; image references can be longer).
+const MAX_LEN: usize = 512;
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            docker_sockets: DEFAULT_DOCKER_SOCKETS.iter().map(PathBuf::from).collect(),
+            timeout: Duration::from_secs(2),
+            refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Drops control characters (terminal escapes, newlines) and caps the length.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LEN)
+        .collect()
+}
+
+/// Where Docker and Podman serve the Docker Engine API by default.
+pub const DEFAULT_DOCKER_SOCKETS: [&str; 2] = ["/run/docker.sock", "/run/podman/podman.sock"];
+
+#[derive(Debug, Clone)]
+pub struct MetadataConfig {
+    /// Docker Engine API sockets (Docker, Podman); absent ones are skipped.
+    pub docker_sockets: Vec<PathBuf>,
+    /// Bound on one exchange with a runtime.
+    pub timeout: Duration,
+    /// Refresh at least this often, even without unknown containers.
+    pub refresh: Duration,
+}
+
+#[derive(Default)]
+struct Cache {
+    containers: HashMap<String, Arc<ContainerMeta>>,
+    /// Pod UID → (pod name, namespace), from any of its containers.
+    pods: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+/// The cache and its refresh thread; dropping it stops the thread.
+pub struct Metadata {
+    cache: Arc<Mutex<Cache>>,
+    wake: Option<mpsc::SyncSender<()>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Metadata {
+    pub fn start(config: MetadataConfig) -> Self {
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let shared = Arc::clone(&cache);
+        let worker = std::thread::Builder::new()
+            .name("metadata".into())
+            .spawn(move || refresh_loop(&config, &shared, &woken))
+            .map_err(|e| log::warn!("no container names: cannot start the metadata thread: {e}"))
+            .ok();
+        Self {
+            cache,
+            wake: Some(wake),
+            worker,
+        }
+    }
+
+    /// Fills names into pods and containers from the cache; asks for a refresh if
+    /// a container is unknown. Never blocks on a runtime.
+    pub fn annotate(&self, samples: &mut [Option<CgroupSample>]) {
+        let Ok(cache) = self.cache.lock() else {
+            return;
+        };
+        let mut unknown = false;
+        for sample in samples.iter_mut().flatten() {
+            let Some(c) = sample.container.as_mut() else {
+                continue;
+            };
+            match sample.kind {
+                CgroupKind::Container => {
+                    match c.id.as_ref().and_then(|id| cache.containers.get(id)) {
+                        Some(meta) => {
+                            c.name = meta.name.clone();
+                            c.image = meta.image.clone();
+                            c.pod = meta.pod.clone();
+                            c.namespace = meta.namespace.clone();
+                            c.runtime = c.runtime.or(Some(meta.runtime));
+                            c.labels = meta.labels.clone();
+                        }
+                        None => unknown = true,
+                    }
+                }
+                CgroupKind::Pod => {
+                    if let Some((name, namespace)) =
+                        c.pod_uid.as_ref().and_then(|u| cache.pods.get(u))
+                    {
+                        c.name = name.clone();
+                        c.pod = name.clone();
+                        c.namespace = namespace.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(cache);
+        if unknown {
+            if let Some(wake) = &self.wake {
+                let _ = wake.try_send(()); // a refresh is already queued if full
+            }
+        }
+    }
+}
+
+impl Drop for Metadata {
+    fn drop(&mut self) {
+        self.wake.take(); // disconnects: the thread ends after its current exchange
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Waits for a wake-up or the refresh period, then asks every runtime. A runtime
+/// that fails keeps its previous answers: names are not lost to a hiccup.
+fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Receiver<()>) {
+    /// A burst of unknown containers triggers one refresh, not one each.
+    const MIN_GAP: Duration = Duration::from_secs(1);
+    let mut runtimes: HashMap<PathBuf, Runtime> = HashMap::new();
+    let mut last_error: HashMap<PathBuf, String> = HashMap::new();
+    let mut by_socket: HashMap<PathBuf, Vec<ContainerMeta>> = HashMap::new();
+    let mut last = Instant::now() - MIN_GAP;
+    loop {
+        std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()));
+        last = Instant::now();
+        for socket in config.docker_sockets.iter().filter(|s| s.exists()) {
+            let runtime = match runtimes.get(socket) {
+                Some(r) => Ok(*r),
+                None => docker::runtime(socket, config.timeout),
+            };
+            match runtime.and_then(|r| docker::list(socket, r, config.timeout).map(|l| (r, l))) {
+                Ok((runtime, list)) => {
+                    runtimes.insert(socket.clone(), runtime);
+                    if last_error.remove(socket).is_some() {
+                        log::info!("container runtime at {} answers again", socket.display());
+                    }
+                    by_socket.insert(socket.clone(), list);
+                }
+                Err(e) => {
+                    // Log a failure once, not every refresh.
+                    if last_error.insert(socket.clone(), e.to_string()).is_none() {
+                        log::warn!("{e}");
+                    }
+                }
+            }
+        }
+        let mut fresh = Cache::default();
+        for meta in by_socket.values().flatten() {
+            if let Some(uid) = &meta.pod_uid {
+                fresh
+                    .pods
+                    .insert(uid.clone(), (meta.pod.clone(), meta.namespace.clone()));
+            }
+            fresh
+                .containers
+                .insert(meta.id.clone(), Arc::new(meta.clone()));
+        }
+        if let Ok(mut cache) = cache.lock() {
+            *cache = fresh;
+        }
+        match woken.recv_timeout(config.refresh) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn runtime_strings_lose_control_characters() {
+        assert_eq!(sanitize("web\u{1b}[31m-1\n"), "web[31m-1");
+        assert_eq!(sanitize(&"x".repeat(2000)).len(), 512);
+        assert_eq!(
+            sanitize("../../etc/passwd"),
+            "../../etc/passwd",
+            "kept as text, never a path"
+        );
+    }
+}
