@@ -69,6 +69,15 @@ fn get(socket: &Path, path: &str, timeout: Duration) -> Result<Vec<u8>, Metadata
             Ok(0) => break,
             Ok(n) => reply.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The socket's read timeout: the deadline has passed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(err(format!("no complete reply within {timeout:?}")))
+            }
             Err(e) => return Err(err(format!("read: {e}"))),
         }
         if reply.len() as u64 > MAX_REPLY {
