@@ -8,7 +8,7 @@ use cgscope_common::runq::DEFAULT_MAX_CGROUPS;
 use clap::{Args, ValueEnum};
 
 use crate::{
-    metadata::{MetadataConfig, DEFAULT_DOCKER_SOCKETS},
+    metadata::{MetadataConfig, DEFAULT_CRI_SOCKETS, DEFAULT_DOCKER_SOCKETS},
     probes::ProbeConfig,
     sampler::SamplerConfig,
 };
@@ -33,6 +33,12 @@ pub struct SamplingOptions {
     #[arg(long = "docker-socket", env = "CGSCOPE_DOCKER_SOCKETS", value_delimiter = ',',
           default_values = DEFAULT_DOCKER_SOCKETS, value_name = "PATH")]
     pub docker_sockets: Vec<PathBuf>,
+
+    /// CRI sockets to ask for Kubernetes pod and container names (containerd,
+    /// CRI-O); absent ones are skipped.
+    #[arg(long = "cri-socket", env = "CGSCOPE_CRI_SOCKETS", value_delimiter = ',',
+          default_values = DEFAULT_CRI_SOCKETS, value_name = "PATH")]
+    pub cri_sockets: Vec<PathBuf>,
 }
 
 impl SamplingOptions {
@@ -44,6 +50,7 @@ impl SamplingOptions {
             },
             metadata: MetadataConfig {
                 docker_sockets: self.docker_sockets.clone(),
+                cri_sockets: self.cri_sockets.clone(),
                 ..MetadataConfig::default()
             },
         }

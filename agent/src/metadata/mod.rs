@@ -5,6 +5,7 @@
 //! runtime returns is untrusted: control characters are stripped, lengths capped,
 //! and nothing is ever used to build a filesystem path.
 
+pub mod cri;
 pub mod docker;
 
 use std::{
@@ -47,6 +48,7 @@ impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
             docker_sockets: DEFAULT_DOCKER_SOCKETS.iter().map(PathBuf::from).collect(),
+            cri_sockets: DEFAULT_CRI_SOCKETS.iter().map(PathBuf::from).collect(),
             timeout: Duration::from_secs(2),
             refresh: Duration::from_secs(60),
         }
@@ -63,11 +65,16 @@ pub fn sanitize(s: &str) -> String {
 
 /// Where Docker and Podman serve the Docker Engine API by default.
 pub const DEFAULT_DOCKER_SOCKETS: [&str; 2] = ["/run/docker.sock", "/run/podman/podman.sock"];
+/// Where containerd and CRI-O serve the CRI by default.
+pub const DEFAULT_CRI_SOCKETS: [&str; 2] =
+    ["/run/containerd/containerd.sock", "/run/crio/crio.sock"];
 
 #[derive(Debug, Clone)]
 pub struct MetadataConfig {
     /// Docker Engine API sockets (Docker, Podman); absent ones are skipped.
     pub docker_sockets: Vec<PathBuf>,
+    /// CRI sockets (containerd, CRI-O); absent ones are skipped.
+    pub cri_sockets: Vec<PathBuf>,
     /// Bound on one exchange with a runtime.
     pub timeout: Duration,
     /// Refresh at least this often, even without unknown containers.
@@ -172,14 +179,23 @@ fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Rec
     loop {
         std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()));
         last = Instant::now();
-        for socket in config.docker_sockets.iter().filter(|s| s.exists()) {
-            let runtime = match runtimes.get(socket) {
-                Some(r) => Ok(*r),
-                None => docker::runtime(socket, config.timeout),
+        let docker = config.docker_sockets.iter().map(|s| (s, false));
+        let cri = config.cri_sockets.iter().map(|s| (s, true));
+        for (socket, is_cri) in docker.chain(cri).filter(|(s, _)| s.exists()) {
+            let answer = if is_cri {
+                cri::list(socket, config.timeout)
+            } else {
+                match runtimes.get(socket) {
+                    Some(r) => Ok(*r),
+                    None => docker::runtime(socket, config.timeout),
+                }
+                .and_then(|r| {
+                    runtimes.insert(socket.clone(), r);
+                    docker::list(socket, r, config.timeout)
+                })
             };
-            match runtime.and_then(|r| docker::list(socket, r, config.timeout).map(|l| (r, l))) {
-                Ok((runtime, list)) => {
-                    runtimes.insert(socket.clone(), runtime);
+            match answer {
+                Ok(list) => {
                     if last_error.remove(socket).is_some() {
                         log::info!("container runtime at {} answers again", socket.display());
                     }
