@@ -100,15 +100,18 @@ const FILES: [&str; 7] = [
     "cgroup.stat",
 ];
 
-/// Opens and reads every file of every cgroup into one buffer: the floor.
-fn floor(dirs: &[PathBuf], buf: &mut Vec<u8>) -> usize {
+/// Opens and reads every file of every cgroup: the floor. Plain `read` calls until
+/// end of file, as the scan does, and nothing else.
+fn floor(dirs: &[PathBuf], buf: &mut [u8]) -> usize {
     let mut files = 0;
     for dir in dirs {
         for name in FILES {
-            buf.clear();
             if let Ok(mut f) = std::fs::File::open(dir.join(name)) {
-                if f.read_to_end(buf).is_ok() {
-                    files += 1;
+                while let Ok(n) = f.read(buf) {
+                    if n == 0 {
+                        files += 1;
+                        break;
+                    }
                 }
             }
         }
@@ -142,7 +145,7 @@ fn main() {
             ..SamplerConfig::default()
         };
         let mut sampler = Sampler::start(&config).expect("sampler");
-        let mut buf = Vec::with_capacity(8192);
+        let mut buf = vec![0u8; 4096];
         let files = floor(&cgroups.dirs, &mut buf); // warm the dentry cache
         let (mut scan_u, mut scan_s, mut floor_u, mut floor_s) = (
             Duration::ZERO,

@@ -30,11 +30,25 @@ pub enum CgroupError {
 /// Reads `dir/name` into `buf` (cleared first, capacity reused).
 /// `Ok(false)`: the file does not exist, or the cgroup was removed while reading.
 pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
-    use std::io::Read;
-    buf.clear();
     let path = dir.join(name);
-    let result = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(buf));
+    let result = std::fs::File::open(&path).and_then(|f| read_all(f, buf));
     gone_or(result, || path.display().to_string())
+}
+
+/// Reads `file` to its end into `buf` (cleared first). Through a plain `Read`
+/// wrapper: std's `File::read_to_string` first asks for the size and position
+/// (statx, lseek), two syscalls wasted on cgroupfs and procfs, which report a size
+/// of 0; the generic path reads straight into the buffer's spare capacity.
+pub fn read_all(file: std::fs::File, buf: &mut String) -> std::io::Result<()> {
+    use std::io::Read;
+    struct Plain(std::fs::File);
+    impl Read for Plain {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    buf.clear();
+    Plain(file).read_to_string(buf).map(drop)
 }
 
 /// An open cgroup directory: its files are opened relative to it (`openat`), so
@@ -57,18 +71,15 @@ impl CgroupDirFd {
 
     /// Reads the file `name` of this cgroup into `buf`, as [`read_file`] does.
     pub fn read(&self, dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+
         use nix::{fcntl::OFlag, sys::stat::Mode};
-        use std::{
-            io::Read,
-            os::fd::{AsRawFd, FromRawFd},
-        };
-        buf.clear();
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
         let result = nix::fcntl::openat(Some(self.fd.as_raw_fd()), name, flags, Mode::empty())
             .map_err(std::io::Error::from)
             // SAFETY: `raw` was just opened and is owned by the File from here on.
             .map(|raw| unsafe { std::fs::File::from_raw_fd(raw) })
-            .and_then(|mut f| f.read_to_string(buf));
+            .and_then(|f| read_all(f, buf));
         gone_or(result, || dir.join(name).display().to_string())
     }
 }
