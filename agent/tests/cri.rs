@@ -217,3 +217,50 @@ fn kubernetes_names_over_the_cri() {
         (Some("checkout-7d9f"), Some("shop"))
     );
 }
+
+/// A real containerd (Debian's), state in a temporary directory, answers the same
+/// three calls. It runs no pods, so it creates no cgroups: the lists are empty, but
+/// the protocol, the method paths and the decoding meet the real server.
+#[test]
+fn a_real_containerd_answers() {
+    require_root_and_cgroup_v2!();
+    if std::process::Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no containerd");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cgscope-test-{}-containerd", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let socket = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    let toml = format!(
+        "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n",
+        dir.display(),
+        socket.display()
+    );
+    std::fs::write(&config, toml).expect("config");
+    let mut containerd = std::process::Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start containerd");
+    let started = Instant::now();
+    while !socket.exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = cgscope::metadata::cri::list(&socket, Duration::from_secs(5));
+    let pid = nix::unistd::Pid::from_raw(containerd.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = containerd.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let listed = answer.expect("containerd answers Version, ListPodSandbox, ListContainers");
+    assert!(
+        listed.is_empty(),
+        "a fresh containerd has no pods: {listed:?}"
+    );
+}
