@@ -41,6 +41,14 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "linux-perf",
         "cargo xtask bench: perf bench sched messaging, the workload",
     ),
+    (
+        "podman",
+        "metadata test: a real Docker Engine API (podman system service)",
+    ),
+    (
+        "containerd",
+        "cri test: a real CRI server (runs no pods, creates no cgroups)",
+    ),
 ];
 
 /// The nightly that builds `agent-ebpf`; defined once, in `agent-ebpf/rust-toolchain-pin`.
