@@ -152,8 +152,10 @@ impl Sampler {
         }
 
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
-        // Per walked cgroup: its sample (if it still exists) and its own runq window.
-        let mut samples: Vec<Option<CgroupSample>> = Vec::with_capacity(self.dirs.len());
+        // Samples are built in place (each is about 1 KB: moving them costs); per
+        // walked cgroup, the index of its sample, if it exists and is wanted.
+        let mut cgroups: Vec<CgroupSample> = Vec::with_capacity(self.dirs.len());
+        let mut sample_of: Vec<Option<usize>> = Vec::with_capacity(self.dirs.len());
         // Only cgroups (and their ancestors) that recorded waits get a window.
         let mut runq_windows: Vec<Option<Box<LatencyWindow>>> = Vec::with_capacity(self.dirs.len());
         let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(self.dirs.len());
@@ -171,7 +173,7 @@ impl Sampler {
                     .filter(|w| w.count() > 0),
             );
             let Some(stats) = stats else {
-                samples.push(None); // removed during the scan
+                sample_of.push(None); // removed during the scan
                 continue;
             };
             let identity = match prev {
@@ -179,24 +181,28 @@ impl Sampler {
                 _ => identity::classify(&dir.path),
             };
             let before = prev.map(|p| &p.stats);
-            samples.push(Some(CgroupSample {
-                path: dir.path.clone(),
-                id: dir.id,
-                kind: identity.kind.unwrap_or(CgroupKind::Other),
-                container: container_sample(&identity),
-                removed: false,
-                cpu: window::cpu(&stats, before),
-                memory: stats
-                    .memory
-                    .as_ref()
-                    .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
-                io: window::io(&stats, before, seconds, &mut self.devices),
-                pids: window::pids(&stats, before),
-                pressure: window::pressure(&stats, before),
-                descendants: stats.cgroup.and_then(|c| c.nr_descendants),
-                dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
-                network: None,
-            }));
+            let wanted = prefix.is_none_or(|p| cgroup::tree::under(&dir.path, p));
+            sample_of.push(wanted.then_some(cgroups.len()));
+            if wanted {
+                cgroups.push(CgroupSample {
+                    path: dir.path.clone(),
+                    id: dir.id,
+                    kind: identity.kind.unwrap_or(CgroupKind::Other),
+                    container: container_sample(&identity),
+                    removed: false,
+                    cpu: window::cpu(&stats, before),
+                    memory: stats
+                        .memory
+                        .as_ref()
+                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
+                    io: window::io(&stats, before, seconds, &mut self.devices),
+                    pids: window::pids(&stats, before),
+                    pressure: window::pressure(&stats, before),
+                    descendants: stats.cgroup.and_then(|c| c.nr_descendants),
+                    dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
+                    network: None,
+                });
+            }
             next.insert(
                 dir.id,
                 Previous {
@@ -215,8 +221,14 @@ impl Sampler {
             );
         }
 
-        self.metadata.annotate(&mut samples);
-        let network_errors = assign_network(&mut self.netns, &self.dirs, &mut samples, &index_of);
+        self.metadata.annotate(&mut cgroups);
+        let network_errors = assign_network(
+            &mut self.netns,
+            &self.dirs,
+            &mut cgroups,
+            &sample_of,
+            &index_of,
+        );
         if let Some(first) = network_errors.first() {
             log::warn!(
                 "{first} (and {} more network problems in this scan)",
@@ -281,20 +293,20 @@ impl Sampler {
             }
             runq_windows[i] = Some(child);
         }
-        let runq_attached = self.probes.runq.is_ok();
+        if self.probes.runq.is_ok() {
+            for (window, sample) in runq_windows.iter().zip(&sample_of) {
+                if let Some(&s) = sample.as_ref() {
+                    let window = window.as_deref().unwrap_or(&LatencyWindow::EMPTY);
+                    cgroups[s].cpu.runq_latency = Some(LatencySummary::from(window));
+                }
+            }
+        }
         // Walk order (parents before children), removed cgroups last.
-        let cgroups: Vec<CgroupSample> = samples
-            .into_iter()
-            .zip(&runq_windows)
-            .filter_map(|(sample, window)| {
-                let mut sample = sample?;
-                let window = window.as_deref().unwrap_or(&LatencyWindow::EMPTY);
-                sample.cpu.runq_latency = runq_attached.then(|| LatencySummary::from(window));
-                Some(sample)
-            })
-            .chain(removed)
-            .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p)))
-            .collect();
+        cgroups.extend(
+            removed
+                .into_iter()
+                .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p))),
+        );
 
         self.previous = next;
         self.previous_at = now;
@@ -318,13 +330,17 @@ impl Sampler {
 fn assign_network(
     reader: &mut NetnsReader,
     dirs: &[CgroupDir],
-    samples: &mut [Option<CgroupSample>],
+    cgroups: &mut [CgroupSample],
+    sample_of: &[Option<usize>],
     index_of: &HashMap<&str, usize>,
 ) -> Vec<String> {
     let mut found: Vec<(u64, u32)> = Vec::new();
     let mut owners: Vec<(usize, u64)> = Vec::new();
-    for (i, sample) in samples.iter().enumerate() {
-        let Some(sample) = sample.as_ref().filter(|s| s.kind == CgroupKind::Container) else {
+    for (i, s) in sample_of.iter().enumerate() {
+        let Some(sample) = s
+            .map(|s| &cgroups[s])
+            .filter(|s| s.kind == CgroupKind::Container)
+        else {
             continue;
         };
         let Some((netns, pid)) = reader.own_netns(&dirs[i].dir) else {
@@ -334,19 +350,21 @@ fn assign_network(
             .container
             .as_ref()
             .is_some_and(|c| c.pod_uid.is_some());
-        let owner = match parent_path(&sample.path).and_then(|p| index_of.get(p)) {
-            Some(&parent) if in_pod => parent,
-            _ => i,
+        let parent = parent_path(&sample.path)
+            .and_then(|p| index_of.get(p))
+            .and_then(|&d| sample_of[d]);
+        let owner = match (in_pod, parent) {
+            (true, Some(parent)) => parent,
+            _ => s.unwrap_or_default(),
         };
         found.push((netns, pid));
         owners.push((owner, netns));
     }
     let (windows, errors) = reader.read(&found);
     for (owner, netns) in owners {
-        if let Some(sample) = samples.get_mut(owner).and_then(Option::as_mut) {
-            if sample.network.is_none() {
-                sample.network = windows.get(&netns).cloned();
-            }
+        let sample = &mut cgroups[owner];
+        if sample.network.is_none() {
+            sample.network = windows.get(&netns).cloned();
         }
     }
     errors

@@ -114,12 +114,12 @@ impl Metadata {
 
     /// Fills names into pods and containers from the cache; asks for a refresh if
     /// a container is unknown. Never blocks on a runtime.
-    pub fn annotate(&self, samples: &mut [Option<CgroupSample>]) {
+    pub fn annotate(&self, samples: &mut [CgroupSample]) {
         let Ok(cache) = self.cache.lock() else {
             return;
         };
         let mut unknown = false;
-        for sample in samples.iter_mut().flatten() {
+        for sample in samples.iter_mut() {
             let Some(c) = sample.container.as_mut() else {
                 continue;
             };
