@@ -175,10 +175,14 @@ fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Rec
     let mut runtimes: HashMap<PathBuf, Runtime> = HashMap::new();
     let mut last_error: HashMap<PathBuf, String> = HashMap::new();
     let mut by_socket: HashMap<PathBuf, Vec<ContainerMeta>> = HashMap::new();
-    let mut last = Instant::now() - MIN_GAP;
+    // `None` before the first refresh (no `now - MIN_GAP`: it underflows within a
+    // second of boot).
+    let mut last: Option<Instant> = None;
     loop {
-        std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()));
-        last = Instant::now();
+        if let Some(last) = last {
+            std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()));
+        }
+        last = Some(Instant::now());
         let docker = config.docker_sockets.iter().map(|s| (s, false));
         let cri = config.cri_sockets.iter().map(|s| (s, true));
         for (socket, is_cri) in docker.chain(cri).filter(|(s, _)| s.exists()) {
