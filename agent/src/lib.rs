@@ -15,3 +15,11 @@ pub mod sample;
 pub mod sampler;
 pub mod table;
 pub mod window;
+
+/// A file's text from `tests/fixtures/`, captured from real hosts, for the parser
+/// tests of every module.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

@@ -284,19 +284,12 @@ impl NetnsReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/net/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::fixture;
 
     #[test]
     fn dev_snmp_netstat_from_a_real_host() {
         let mut interfaces = Vec::new();
-        parse_dev(&fixture("dev"), &mut interfaces).unwrap();
+        parse_dev(&fixture("net/dev"), &mut interfaces).unwrap();
         let eth0 = interfaces.iter().find(|i| i.name == "eth0").unwrap();
         assert_eq!(
             (
@@ -309,12 +302,12 @@ mod tests {
         );
         let mut tcp = Tcp::default();
         let mut udp = Udp::default();
-        each_snmp_value(&fixture("snmp"), |s, k, v| {
+        each_snmp_value(&fixture("net/snmp"), |s, k, v| {
             tcp.set(s, k, v);
             udp.set(s, k, v);
         })
         .unwrap();
-        each_snmp_value(&fixture("netstat"), |s, k, v| tcp.set(s, k, v)).unwrap();
+        each_snmp_value(&fixture("net/netstat"), |s, k, v| tcp.set(s, k, v)).unwrap();
         assert_eq!(
             (tcp.active_opens, tcp.out_rsts, tcp.retrans_segs),
             (Some(99), Some(36), Some(0))

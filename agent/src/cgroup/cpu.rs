@@ -92,7 +92,7 @@ impl std::str::FromStr for CpuMax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::fixture;
+    use crate::fixture;
 
     #[test]
     fn hybrid_root_has_usage_but_no_throttling() {

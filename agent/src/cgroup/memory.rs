@@ -111,7 +111,7 @@ pub fn working_set(current: u64, stat: &MemoryStat) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::fixture;
+    use crate::fixture;
 
     #[test]
     fn memory_stat_of_a_6_12_container() {

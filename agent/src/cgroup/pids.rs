@@ -16,7 +16,7 @@ flat_keyed!(PidsEvents { max });
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::{fixture, format::limit};
+    use crate::{cgroup::format::limit, fixture};
 
     #[test]
     fn pids_files() {

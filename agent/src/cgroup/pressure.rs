@@ -60,7 +60,7 @@ impl std::str::FromStr for Pressure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::fixture;
+    use crate::fixture;
 
     #[test]
     fn cgroup_and_host_files() {
