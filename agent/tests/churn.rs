@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    io::Read,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -66,16 +65,7 @@ fn a_thousand_containers_come_and_go_while_scanning() {
     let after = rss_kib(pid);
 
     let alive = agent.try_wait().expect("try_wait").is_none();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = agent.wait().expect("wait");
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .map(|mut s| s.read_to_string(&mut stderr));
+    let (status, stderr) = common::stop_agent(agent);
     eprintln!(
         "RSS {baseline} KiB before, {after} KiB after 1000 containers; {} log lines",
         stderr.lines().count()

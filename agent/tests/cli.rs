@@ -168,13 +168,12 @@ fn run_serves_the_api_and_detaches_on_sigterm() {
     require_root_and_cgroup_v2!();
     let _serial = serial();
     let addr = "127.0.0.1:19464";
-    let mut agent = Command::new(BIN)
+    let agent = Command::new(BIN)
         .args(["run", "--interval", "1s", "--listen", addr])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start agent");
-    let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
 
     let started = Instant::now();
     let snapshot = loop {
@@ -194,13 +193,7 @@ fn run_serves_the_api_and_detaches_on_sigterm() {
         "agent runs without its programs"
     );
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = agent.wait().expect("wait agent");
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .map(|mut s| s.read_to_string(&mut stderr));
+    let (status, stderr) = common::stop_agent(agent);
     assert!(status.success(), "exit {status:?}: {stderr}");
     let left = programs_left_after(Duration::from_secs(5));
     assert!(left.is_empty(), "programs left after shutdown: {left:?}");

@@ -91,20 +91,33 @@ impl TestCgroup {
     }
 }
 
+/// Kills and reaps the children a test started.
+fn reap(pids: &mut Vec<Pid>) {
+    for pid in pids.drain(..) {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
+}
+
+/// Removes an empty cgroup directory, retrying while the kernel still counts the
+/// exiting tasks in it. False if it is still there after a second.
+fn remove_cgroup_dir(dir: &std::path::Path) -> bool {
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        for pid in self.pids.drain(..) {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
+        reap(&mut self.pids);
+        if !remove_cgroup_dir(&self.dir) {
+            eprintln!("warning: could not remove {}", self.dir.display());
         }
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        eprintln!("warning: could not remove {}", self.dir.display());
     }
 }
 
@@ -187,17 +200,9 @@ impl TestTree {
 
 impl Drop for TestTree {
     fn drop(&mut self) {
-        for pid in self.top.pids.drain(..) {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-        }
+        reap(&mut self.top.pids);
         for dir in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            remove_cgroup_dir(dir);
         }
     }
 }
@@ -358,4 +363,18 @@ pub fn eat_memory() -> ! {
             }
         }
     }
+}
+
+/// Stops an agent this test started (SIGTERM to its PID) and returns its exit status
+/// and everything it wrote to stderr.
+pub fn stop_agent(mut agent: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let pid = Pid::from_raw(agent.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let status = agent.wait().expect("wait for the agent");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = agent.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
 }
