@@ -66,7 +66,6 @@ struct Previous {
     path: String,
     identity: Identity,
     stats: CgroupStats,
-    runq: Option<LatencyTotals>,
 }
 
 pub struct Sampler {
@@ -77,7 +76,10 @@ pub struct Sampler {
     previous_at: Instant,
     // Buffers reused across windows.
     dirs: Vec<CgroupDir>,
+    /// Run-queue totals by cgroup id, as read this window and the one before
+    /// (swapped each window: the previous reading is kept, never copied).
     runq: HashMap<u64, LatencyTotals>,
+    previous_runq: HashMap<u64, LatencyTotals>,
     text: String,
     devices: DeviceNames,
     netns: NetnsReader,
@@ -124,6 +126,7 @@ impl Sampler {
             previous_at: Instant::now(),
             dirs: Vec::new(),
             runq: HashMap::new(),
+            previous_runq: HashMap::new(),
             text: String::new(),
             devices: DeviceNames::default(),
             netns: NetnsReader::default(),
@@ -144,6 +147,8 @@ impl Sampler {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
+        std::mem::swap(&mut self.runq, &mut self.previous_runq);
+        self.runq.clear();
         if let Ok(runq) = &self.probes.runq {
             runq.read(&mut self.runq);
         }
@@ -166,10 +171,10 @@ impl Sampler {
             let stats = reader.read();
             errors.append(&mut reader.errors);
             let prev = self.previous.get(&dir.id);
-            let runq = self.runq.get(&dir.id).cloned();
             runq_windows.push(
-                runq.as_ref()
-                    .map(|r| Box::new(r.since(prev.and_then(|p| p.runq.as_ref()))))
+                self.runq
+                    .get(&dir.id)
+                    .map(|r| Box::new(r.since(self.previous_runq.get(&dir.id))))
                     .filter(|w| w.count() > 0),
             );
             let Some(stats) = stats else {
@@ -209,7 +214,6 @@ impl Sampler {
                     path: dir.path.clone(),
                     identity,
                     stats,
-                    runq,
                 },
             );
         }
@@ -248,7 +252,7 @@ impl Sampler {
             let Some(prev) = self.previous.get(id) else {
                 continue; // born and gone inside one window: no path to report
             };
-            let last = totals.since(prev.runq.as_ref());
+            let last = totals.since(self.previous_runq.get(id));
             if last.count() == 0 {
                 continue;
             }
