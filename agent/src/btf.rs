@@ -6,7 +6,7 @@
 //! (`name_off, info, size|type`) each followed by kind-specific data, and a string
 //! table. Type ids start at 1 in record order.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -78,6 +78,15 @@ pub struct Member {
     pub size: u32,
 }
 
+/// The running kernel's BTF as bytes (about 5 MB), read once by the caller for
+/// every parser that needs it.
+pub fn vmlinux_bytes() -> Result<Vec<u8>, BtfError> {
+    std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
+        path: VMLINUX_BTF.to_owned(),
+        source,
+    })
+}
+
 fn u32_at(buf: &[u8], at: usize) -> Result<u32, BtfError> {
     buf.get(at..at + 4)
         .and_then(|b| b.try_into().ok())
@@ -88,15 +97,7 @@ fn u32_at(buf: &[u8], at: usize) -> Result<u32, BtfError> {
 impl Btf {
     /// Reads the running kernel's BTF.
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        Self::from_file(Path::new(VMLINUX_BTF))
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&data)
+        Self::parse(&vmlinux_bytes()?)
     }
 
     /// Parses a little-endian BTF blob.

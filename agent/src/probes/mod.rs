@@ -94,8 +94,11 @@ fn load(config: &ProbeConfig) -> Result<(Ebpf, aya::Btf), ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NotBuilt);
     }
-    let offsets = task_offsets(&crate::btf::Btf::from_sys_fs()?)?;
-    let btf = aya::Btf::from_sys_fs()?;
+    // One read of the kernel's BTF for both parsers: ours for field offsets, aya's
+    // for attaching the tp_btf programs.
+    let data = crate::btf::vmlinux_bytes()?;
+    let offsets = task_offsets(&crate::btf::Btf::parse(&data)?)?;
+    let btf = aya::Btf::parse(&data, aya::Endianness::default())?;
     let ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("TASK_OFFSETS", &offsets, true)
