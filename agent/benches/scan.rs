@@ -1,13 +1,13 @@
 //! `cargo xtask bench cgroups`: CPU time and allocations of one full scan of N
-//! cgroups, against the floor the kernel sets: a bare loop that only opens and reads
-//! the same files. Run as root; creates the cgroups under the v2 root and removes
-//! them. Target: ≤ 40 ms CPU per 1,000 cgroups × 6 files; user time ≤ 1.5× floor.
+//! cgroups, against the floor the kernel sets: a bare loop that only lists the same
+//! directories and opens and reads the same files. Run as root; creates the cgroups
+//! under the v2 root and removes them. Target: ≤ 40 ms CPU per 1,000 cgroups × 6 files; user time ≤ 1.5× floor.
 //! The user/system split comes from getrusage, which samples it at clock ticks: it is
 //! noisy for short runs, so the table also shows the total (exact) CPU ratio.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    io::Read,
+    ffi::{CStr, CString},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -90,36 +90,68 @@ impl Drop for Cgroups {
 
 /// The files one scan opens in a cgroup without controllers below it (this host
 /// kind: hybrid). irq.pressure is opened even where it does not exist.
-const FILES: [&str; 7] = [
-    "cpu.stat",
-    "cgroup.controllers",
-    "cpu.pressure",
-    "memory.pressure",
-    "io.pressure",
-    "irq.pressure",
-    "cgroup.stat",
+const FILES: [&CStr; 7] = [
+    c"cpu.stat",
+    c"cgroup.controllers",
+    c"cpu.pressure",
+    c"memory.pressure",
+    c"io.pressure",
+    c"irq.pressure",
+    c"cgroup.stat",
 ];
 
-/// Opens and reads every file of every cgroup: the floor. Plain `read` calls until
-/// end of file, as the scan does, and nothing else.
-fn floor(dirs: &[PathBuf], buf: &mut [u8]) -> usize {
+/// Every cgroup directory at and below `root`, as C strings for the floor.
+fn all_dirs(root: &Path) -> Vec<CString> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let children = std::fs::read_dir(&dirs[i]).expect("readdir").flatten();
+        dirs.extend(
+            children
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+        i += 1;
+    }
+    dirs.into_iter()
+        .map(|d| CString::new(d.into_os_string().into_encoded_bytes()).expect("path"))
+        .collect()
+}
+
+/// The floor: what the kernel makes any scan pay. Lists every cgroup directory (to
+/// find its children) and opens and reads its files relative to it, with bare libc
+/// calls, no allocation and no parsing.
+fn floor(dirs: &[CString], buf: &mut [u8]) -> usize {
     let mut files = 0;
     for dir in dirs {
-        for name in FILES {
-            if let Ok(mut f) = std::fs::File::open(dir.join(name)) {
-                while let Ok(n) = f.read(buf) {
-                    if n == 0 {
-                        files += 1;
-                        break;
-                    }
-                }
+        // SAFETY: plain libc calls on C strings and a buffer we own; every
+        // descriptor opened here is closed here.
+        unsafe {
+            let listing = libc::opendir(dir.as_ptr());
+            if listing.is_null() {
+                continue;
             }
+            while !libc::readdir64(listing).is_null() {}
+            for name in FILES {
+                let fd = libc::openat(
+                    libc::dirfd(listing),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    continue;
+                }
+                while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+                libc::close(fd);
+                files += 1;
+            }
+            libc::closedir(listing);
         }
     }
     files
 }
 
-const ROUNDS: u32 = 20;
+const ROUNDS: u32 = 50;
 
 fn main() {
     let (_, root) = resolve_root(None).expect("cgroup v2");
@@ -138,15 +170,26 @@ fn main() {
         "ms/1000×6files"
     );
     let mut verdicts = Vec::new();
-    for n in [100, 1_000, 5_000] {
-        let cgroups = Cgroups::create(&root, n);
+    // `cargo bench --bench scan -- 1000` measures one size (e.g. under a profiler).
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![100, 1_000, 5_000]
+    } else {
+        sizes
+    };
+    for n in sizes {
+        let _cgroups = Cgroups::create(&root, n); // removed at the end of the round
         let config = SamplerConfig {
             probes: ProbeConfig { max_cgroups: 8192 },
             ..SamplerConfig::default()
         };
         let mut sampler = Sampler::start(&config).expect("sampler");
         let mut buf = vec![0u8; 4096];
-        let files = floor(&cgroups.dirs, &mut buf); // warm the dentry cache
+        let dirs = all_dirs(&root);
+        let files = floor(&dirs, &mut buf); // warm the dentry cache
         let (mut scan_u, mut scan_s, mut floor_u, mut floor_s) = (
             Duration::ZERO,
             Duration::ZERO,
@@ -162,7 +205,7 @@ fn main() {
             let (u1, s1) = thread_cpu();
             assert!(snapshot.cgroups.len() > n);
             drop(snapshot);
-            floor(&cgroups.dirs, &mut buf);
+            floor(&dirs, &mut buf);
             let (u2, s2) = thread_cpu();
             scan_u += u1 - u0;
             scan_s += s1 - s0;

@@ -122,7 +122,7 @@ impl ExponentialHistogram {
     /// Builds the histogram from window counts of the kernel buckets.
     fn from_counts(sum_ns: u64, zero_count: u64, counts: &[u64]) -> Self {
         let first = counts.iter().position(|&c| c > 0);
-        let last = counts.iter().rposition(|&c| c > 0);
+        let last = first.and_then(|_| counts.iter().rposition(|&c| c > 0));
         let (offset, bucket_counts) = match (first, last) {
             (Some(f), Some(l)) => (OTLP_OFFSET + f as i32, counts[f..=l].to_vec()),
             _ => (OTLP_OFFSET, Vec::new()),

@@ -163,11 +163,9 @@ impl Sampler {
         let mut sample_of: Vec<Option<usize>> = Vec::with_capacity(self.dirs.len());
         // Only cgroups (and their ancestors) that recorded waits get a window.
         let mut runq_windows: Vec<Option<Box<LatencyWindow>>> = Vec::with_capacity(self.dirs.len());
-        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(self.dirs.len());
         let mut errors = Vec::new();
-        for (i, dir) in self.dirs.iter().enumerate() {
-            index_of.insert(dir.path.as_str(), i);
-            let mut reader = StatsReader::new(&dir.dir, &mut self.text);
+        for dir in &self.dirs {
+            let mut reader = StatsReader::new(dir.dir(), &mut self.text);
             let stats = reader.read();
             errors.append(&mut reader.errors);
             let prev = self.previous.get(&dir.id);
@@ -182,15 +180,15 @@ impl Sampler {
                 continue;
             };
             let identity = match prev {
-                Some(p) if p.path == dir.path => p.identity.clone(),
-                _ => identity::classify(&dir.path),
+                Some(p) if p.path == dir.path() => p.identity.clone(),
+                _ => identity::classify(dir.path()),
             };
             let before = prev.map(|p| &p.stats);
-            let wanted = prefix.is_none_or(|p| cgroup::tree::under(&dir.path, p));
+            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
             sample_of.push(wanted.then_some(cgroups.len()));
             if wanted {
                 cgroups.push(CgroupSample {
-                    path: dir.path.clone(),
+                    path: dir.path().to_owned(),
                     id: dir.id,
                     kind: identity.kind.unwrap_or(CgroupKind::Other),
                     container: container_sample(&identity),
@@ -211,7 +209,7 @@ impl Sampler {
             next.insert(
                 dir.id,
                 Previous {
-                    path: dir.path.clone(),
+                    path: dir.path().to_owned(),
                     identity,
                     stats,
                 },
@@ -226,13 +224,7 @@ impl Sampler {
         }
 
         self.metadata.annotate(&mut cgroups);
-        let network_errors = assign_network(
-            &mut self.netns,
-            &self.dirs,
-            &mut cgroups,
-            &sample_of,
-            &index_of,
-        );
+        let network_errors = assign_network(&mut self.netns, &self.dirs, &mut cgroups, &sample_of);
         if let Some(first) = network_errors.first() {
             log::warn!(
                 "{first} (and {} more network problems in this scan)",
@@ -244,6 +236,8 @@ impl Sampler {
         // their parent's, then forget them.
         let mut removed = Vec::new();
         let mut dead = Vec::new();
+        // Walk index by path, for their parents; built only if a cgroup was removed.
+        let mut index_of: Option<HashMap<&str, usize>> = None;
         for (id, totals) in &self.runq {
             if next.contains_key(id) {
                 continue;
@@ -256,6 +250,10 @@ impl Sampler {
             if last.count() == 0 {
                 continue;
             }
+            let index_of = index_of.get_or_insert_with(|| {
+                let paths = self.dirs.iter().enumerate();
+                paths.map(|(i, d)| (d.path(), i)).collect::<HashMap<_, _>>()
+            });
             if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
                 runq_windows[parent]
                     .get_or_insert_with(Box::default)
@@ -290,7 +288,7 @@ impl Sampler {
             let Some(child) = runq_windows[i].take() else {
                 continue;
             };
-            if let Some(&parent) = parent_path(&self.dirs[i].path).and_then(|p| index_of.get(p)) {
+            if let Some(parent) = self.dirs[i].parent {
                 runq_windows[parent]
                     .get_or_insert_with(Box::default)
                     .add(&child);
@@ -336,7 +334,6 @@ fn assign_network(
     dirs: &[CgroupDir],
     cgroups: &mut [CgroupSample],
     sample_of: &[Option<usize>],
-    index_of: &HashMap<&str, usize>,
 ) -> Vec<String> {
     let mut found: Vec<(u64, u32)> = Vec::new();
     let mut owners: Vec<(usize, u64)> = Vec::new();
@@ -347,16 +344,14 @@ fn assign_network(
         else {
             continue;
         };
-        let Some((netns, pid)) = reader.own_netns(&dirs[i].dir) else {
+        let Some((netns, pid)) = reader.own_netns(dirs[i].dir()) else {
             continue;
         };
         let in_pod = sample
             .container
             .as_ref()
             .is_some_and(|c| c.pod_uid.is_some());
-        let parent = parent_path(&sample.path)
-            .and_then(|p| index_of.get(p))
-            .and_then(|&d| sample_of[d]);
+        let parent = dirs[i].parent.and_then(|d| sample_of[d]);
         let owner = match (in_pod, parent) {
             (true, Some(parent)) => parent,
             _ => s.unwrap_or_default(),

@@ -1,6 +1,6 @@
 //! `cpu.stat`, `cpu.max`, `cpu.max.burst`, `cpu.weight`.
 
-use super::format::{flat, limit, number, FormatError};
+use super::format::{fields, flat, limit, number, FormatError};
 
 /// `cpu.stat`, flat keyed:
 ///
@@ -78,7 +78,7 @@ impl std::str::FromStr for CpuMax {
     type Err = FormatError;
 
     fn from_str(text: &str) -> Result<Self, FormatError> {
-        let mut fields = text.split_whitespace();
+        let mut fields = fields(text);
         let (Some(quota), Some(period)) = (fields.next(), fields.next()) else {
             return Err(format!("expected \"$MAX $PERIOD\", got {text:?}"));
         };

@@ -1,7 +1,7 @@
 //! Pressure stall information: `cpu.pressure`, `memory.pressure`, `io.pressure`,
 //! `irq.pressure` in a cgroup, and `/proc/pressure/*` for the host.
 
-use super::format::{nested, number, FormatError};
+use super::format::{lines, number, percent, split_at_byte, split_bytes, FormatError};
 
 /// One PSI file (Documentation/accounting/psi.rst):
 ///
@@ -27,26 +27,29 @@ pub struct Stall {
 impl std::str::FromStr for Pressure {
     type Err = FormatError;
 
+    /// One pass over each line's `key=value` fields; only `avg10` and `total` are
+    /// kept (avg60/avg300 are derivable from totals over the caller's own window).
     fn from_str(text: &str) -> Result<Self, FormatError> {
         let mut out = Self::default();
-        for (kind, fields) in nested(text) {
-            let mut stall = Stall::default();
-            let mut have_total = false;
-            for (name, value) in fields {
-                match name {
-                    "total" => {
-                        stall.total_usec = number(value)?;
-                        have_total = true;
-                    }
-                    "avg10" => {
-                        stall.avg10 = value.parse().map_err(|_| format!("avg10: {value:?}"))?
-                    }
+        for line in lines(text) {
+            let Some((kind, rest)) = split_at_byte(line, b' ') else {
+                continue;
+            };
+            let (mut avg10, mut total) = (None, None);
+            for field in split_bytes(rest, b' ') {
+                match field.as_bytes() {
+                    [b'a', b'v', b'g', b'1', b'0', b'=', ..] => avg10 = Some(&field[6..]),
+                    [b't', b'o', b't', b'a', b'l', b'=', ..] => total = Some(&field[6..]),
                     _ => {}
                 }
             }
-            if !have_total {
-                return Err(format!("{kind}: no total"));
-            }
+            let total = total.ok_or_else(|| format!("{kind}: no total"))?;
+            let stall = Stall {
+                total_usec: number(total)?,
+                avg10: avg10
+                    .map_or(Ok(0.0), percent)
+                    .map_err(|e| format!("avg10: {e}"))?,
+            };
             match kind {
                 "some" => out.some = Some(stall),
                 "full" => out.full = Some(stall),

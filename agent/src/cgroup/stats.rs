@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{
     cpu::{CpuMax, CpuStat},
-    format::{flat, limit, number, FormatError},
+    format::{fields, flat, limit, number, FormatError},
     io::{parse_io_max, parse_io_stat, Device, IoMax, IoStat},
     memory::{flat_keyed, MemoryEvents, MemoryStat},
     pids::PidsEvents,
@@ -133,7 +133,7 @@ impl<'a> StatsReader<'a> {
     pub fn read(&mut self) -> Option<CgroupStats> {
         let cpu = self.parse("cpu.stat", str::parse::<CpuStat>)?;
         let controllers = self.text("cgroup.controllers").map_or(0, |t| {
-            t.split_whitespace().fold(0u8, |acc, c| {
+            fields(t).fold(0u8, |acc, c| {
                 acc | match c {
                     "cpu" => CPU,
                     "memory" => MEMORY,
