@@ -90,6 +90,69 @@ impl Histogram {
     }
 }
 
+/// Records one value in nanoseconds into a histogram that several CPUs update at
+/// once (a map value shared by all CPUs), with atomic adds.
+///
+/// # Safety
+/// `hist` must point to a live, 8-byte aligned `Histogram` that is only updated
+/// atomically while it is shared.
+#[inline(always)]
+pub unsafe fn record_shared(hist: *mut Histogram, ns: u64) {
+    // SAFETY: the caller's guarantees; every pointer is to a field of `hist`.
+    unsafe {
+        atomic_add_u64(&raw mut (*hist).sum_ns, ns);
+        match bucket_index(ns_to_units(ns)) {
+            None => atomic_add_u32(&raw mut (*hist).zero_count, 1),
+            Some(k) if k < BUCKETS => {
+                atomic_add_u32((&raw mut (*hist).buckets).cast::<u32>().add(k), 1)
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// `*p += v`, atomically (relaxed). The BPF target has atomic adds but no
+/// compare-and-swap, so core's atomic types offer no `fetch_add` there: the
+/// intrinsic is used directly (a BPF `lock xadd`).
+///
+/// # Safety
+/// `p` must be valid and aligned.
+#[inline(always)]
+pub unsafe fn atomic_add_u64(p: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(p)
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `*p += v` on a `u32`, as [`atomic_add_u64`].
+///
+/// # Safety
+/// `p` must be valid and aligned.
+#[inline(always)]
+pub unsafe fn atomic_add_u32(p: *mut u32, v: u32) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        core::sync::atomic::AtomicU32::from_ptr(p)
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Converts nanoseconds to `2^-30 s` units: `ns * 2^30 / 10^9 = ns * 2^21 / 5^9`.
 /// Exact up to truncation; larger inputs are clamped to 2^42 ns (73 minutes), far
 /// above the last bucket, so the product cannot overflow.

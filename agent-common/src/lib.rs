@@ -5,6 +5,13 @@
 //! size assertion: a layout change fails the build instead of corrupting a map.
 //! The `user` feature adds `aya::Pod` impls so that only userspace depends on aya.
 #![no_std]
+// Atomic adds on the BPF target (see `histogram::atomic_add_u64`).
+#![cfg_attr(
+    target_arch = "bpf",
+    allow(internal_features),
+    feature(core_intrinsics)
+)]
 
+pub mod blockio;
 pub mod histogram;
 pub mod runq;

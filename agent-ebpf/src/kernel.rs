@@ -35,7 +35,7 @@ pub fn offsets() -> TaskOffsets {
 
 /// Loads a `T` at `base + offset` from a BTF pointer.
 #[inline(always)]
-fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+pub fn load<T: Copy>(base: *const u8, offset: u32) -> T {
     // SAFETY: `base` is a BTF pointer (a tp_btf argument or a pointer loaded from
     // one) and `offset` a verifier-known constant: the verifier checks the access
     // against the kernel's BTF and makes it fault-tolerant. Volatile keeps it a

@@ -1,8 +1,9 @@
 //! cgscope's kernel programs. One module per probe; each aggregates in the kernel
-//! (per-cgroup histograms in per-CPU maps) and sends nothing per event to userspace.
+//! (per-cgroup histograms in maps) and sends nothing per event to userspace.
 #![no_std]
 #![no_main]
 
+mod blockio;
 mod kernel;
 mod runq;
 

@@ -110,6 +110,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         fatal: None,
         exit_code: 0,
     };
+    let mut v2_root = None;
     match resolve_root(config.cgroup_root.as_ref()) {
         Ok((mounts, root)) => {
             report.cgroup_mode = Some(mounts.mode);
@@ -124,10 +125,11 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
                 .map(|s| s.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default();
             report.cgroup_root = Some(root.display().to_string());
+            v2_root = Some(root);
         }
         Err(e) => report.fatal = Some(e.to_string()),
     }
-    report.probes = Probes::attach(&config.probes).status();
+    report.probes = Probes::attach(&config.probes, v2_root.as_deref()).status();
     let degraded = report.hidden_host_tree.is_some()
         || !report.btf
         || !report.psi
@@ -169,6 +171,9 @@ impl std::fmt::Display for CheckReport {
             match &p.error {
                 None => writeln!(f, "probe {:<11} attached", p.name)?,
                 Some(e) => writeln!(f, "probe {:<11} FAILED: {e}", p.name)?,
+            }
+            for note in &p.notes {
+                writeln!(f, "{:<17} - {note}", "")?;
             }
         }
         if let Some(fatal) = &self.fatal {

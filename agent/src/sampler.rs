@@ -17,11 +17,14 @@ use crate::{
         stats::{CgroupStats, StatsReader},
         tree::CgroupDir,
     },
-    histogram::{LatencySummary, LatencyTotals, LatencyWindow},
+    histogram::LatencySummary,
     host::{HostReader, HostSample},
     metadata::{Metadata, MetadataConfig},
     net::NetnsReader,
-    probes::{ProbeConfig, Probes},
+    probes::{
+        window::{ProbeReader, ProbeWindow},
+        ProbeConfig, Probes,
+    },
     sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
     window,
 };
@@ -76,10 +79,8 @@ pub struct Sampler {
     previous_at: Instant,
     // Buffers reused across windows.
     dirs: Vec<CgroupDir>,
-    /// Run-queue totals by cgroup id, as read this window and the one before
-    /// (swapped each window: the previous reading is kept, never copied).
-    runq: HashMap<u64, LatencyTotals>,
-    previous_runq: HashMap<u64, LatencyTotals>,
+    /// The probes' maps, as read this window and the one before.
+    kernel: ProbeReader,
     text: String,
     devices: DeviceNames,
     netns: NetnsReader,
@@ -118,15 +119,15 @@ impl Sampler {
             cgroup_root: root.display().to_string(),
             window: HostSample::default(),
         };
+        let probes = Probes::attach(&config.probes, Some(&root));
         let mut sampler = Self {
             host,
             root,
-            probes: Probes::attach(&config.probes),
+            probes,
             previous: HashMap::new(),
             previous_at: Instant::now(),
             dirs: Vec::new(),
-            runq: HashMap::new(),
-            previous_runq: HashMap::new(),
+            kernel: ProbeReader::default(),
             text: String::new(),
             devices: DeviceNames::default(),
             netns: NetnsReader::default(),
@@ -147,11 +148,7 @@ impl Sampler {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
-        std::mem::swap(&mut self.runq, &mut self.previous_runq);
-        self.runq.clear();
-        if let Ok(runq) = &self.probes.runq {
-            runq.read(&mut self.runq);
-        }
+        self.kernel.read(&self.probes);
         if let Err(e) = cgroup::tree::walk(&self.root, &mut self.dirs) {
             log::warn!("cannot walk {}: {e}", self.root.display());
         }
@@ -161,20 +158,16 @@ impl Sampler {
         // walked cgroup, the index of its sample, if it exists and is wanted.
         let mut cgroups: Vec<CgroupSample> = Vec::with_capacity(self.dirs.len());
         let mut sample_of: Vec<Option<usize>> = Vec::with_capacity(self.dirs.len());
-        // Only cgroups (and their ancestors) that recorded waits get a window.
-        let mut runq_windows: Vec<Option<Box<LatencyWindow>>> = Vec::with_capacity(self.dirs.len());
+        // Only cgroups (and their ancestors) in which a probe recorded something get a
+        // window.
+        let mut windows: Vec<Option<Box<ProbeWindow>>> = Vec::with_capacity(self.dirs.len());
         let mut errors = Vec::new();
         for dir in &self.dirs {
             let mut reader = StatsReader::new(dir.dir(), &mut self.text);
             let stats = reader.read();
             errors.append(&mut reader.errors);
             let prev = self.previous.get(&dir.id);
-            runq_windows.push(
-                self.runq
-                    .get(&dir.id)
-                    .map(|r| Box::new(r.since(self.previous_runq.get(&dir.id))))
-                    .filter(|w| w.count() > 0),
-            );
+            windows.push(self.kernel.window(dir.id));
             let Some(stats) = stats else {
                 sample_of.push(None); // removed during the scan
                 continue;
@@ -238,37 +231,31 @@ impl Sampler {
         let mut dead = Vec::new();
         // Walk index by path, for their parents; built only if a cgroup was removed.
         let mut index_of: Option<HashMap<&str, usize>> = None;
-        for (id, totals) in &self.runq {
-            if next.contains_key(id) {
+        for id in self.kernel.cgroup_ids() {
+            if next.contains_key(&id) {
                 continue;
             }
-            dead.push(*id);
-            let Some(prev) = self.previous.get(id) else {
+            dead.push(id);
+            let Some(prev) = self.previous.get(&id) else {
                 continue; // born and gone inside one window: no path to report
             };
-            let last = totals.since(self.previous_runq.get(id));
-            if last.count() == 0 {
+            let Some(last) = self.kernel.window(id) else {
                 continue;
-            }
+            };
             let index_of = index_of.get_or_insert_with(|| {
                 let paths = self.dirs.iter().enumerate();
                 paths.map(|(i, d)| (d.path(), i)).collect::<HashMap<_, _>>()
             });
             if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
-                runq_windows[parent]
-                    .get_or_insert_with(Box::default)
-                    .add(&last);
+                windows[parent].get_or_insert_with(Box::default).add(&last);
             }
-            removed.push(CgroupSample {
+            let mut sample = CgroupSample {
                 path: prev.path.clone(),
-                id: *id,
+                id,
                 kind: prev.identity.kind.unwrap_or(CgroupKind::Other),
                 container: container_sample(&prev.identity),
                 removed: true,
-                cpu: CpuSample {
-                    runq_latency: Some(LatencySummary::from(&last)),
-                    ..CpuSample::default()
-                },
+                cpu: CpuSample::default(),
                 memory: None,
                 io: None,
                 pids: None,
@@ -276,31 +263,34 @@ impl Sampler {
                 descendants: None,
                 dying_descendants: None,
                 network: None,
-            });
+            };
+            probe_results(&self.probes, &mut self.devices, &mut sample, &last, seconds);
+            removed.push(sample);
         }
-        if let Ok(runq) = &mut self.probes.runq {
-            runq.forget(&dead);
-        }
+        self.kernel.forget(&mut self.probes, &dead);
 
-        // Like cpu.stat, a cgroup's run-queue latency covers its descendants: the walk
+        // Like cpu.stat, a cgroup's probe windows cover its descendants: the walk
         // lists parents before children, so summing from the end is bottom-up.
         for i in (1..self.dirs.len()).rev() {
-            let Some(child) = runq_windows[i].take() else {
+            let Some(child) = windows[i].take() else {
                 continue;
             };
             if let Some(parent) = self.dirs[i].parent {
-                runq_windows[parent]
-                    .get_or_insert_with(Box::default)
-                    .add(&child);
+                windows[parent].get_or_insert_with(Box::default).add(&child);
             }
-            runq_windows[i] = Some(child);
+            windows[i] = Some(child);
         }
-        if self.probes.runq.is_ok() {
-            for (window, sample) in runq_windows.iter().zip(&sample_of) {
-                if let Some(&s) = sample.as_ref() {
-                    let window = window.as_deref().unwrap_or(&LatencyWindow::EMPTY);
-                    cgroups[s].cpu.runq_latency = Some(LatencySummary::from(window));
-                }
+        let empty = ProbeWindow::default();
+        for (window, sample) in windows.iter().zip(&sample_of) {
+            if let Some(&s) = sample.as_ref() {
+                let window = window.as_deref().unwrap_or(&empty);
+                probe_results(
+                    &self.probes,
+                    &mut self.devices,
+                    &mut cgroups[s],
+                    window,
+                    seconds,
+                );
             }
         }
         // Walk order (parents before children), removed cgroups last.
@@ -324,6 +314,22 @@ impl Sampler {
             probes: self.probes.status(),
             cgroups,
         }
+    }
+}
+
+/// Puts what the attached probes measured into a cgroup's sample.
+fn probe_results(
+    probes: &Probes,
+    devices: &mut DeviceNames,
+    sample: &mut CgroupSample,
+    window: &ProbeWindow,
+    seconds: f64,
+) {
+    if probes.runq.is_ok() {
+        sample.cpu.runq_latency = Some(LatencySummary::from(&window.runq));
+    }
+    if probes.blockio.is_ok() {
+        window::block_io(&mut sample.io, &window.io, seconds, devices);
     }
 }
 

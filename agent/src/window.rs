@@ -3,16 +3,20 @@
 //! at the end, rates are deltas over the window's length. A cgroup without a previous
 //! reading was created during the window: its counters all belong to it.
 
+use cgscope_common::blockio::dev_parts;
+
 use crate::{
     cgroup::{
-        io::DeviceNames,
+        io::{Device, DeviceNames},
         memory::working_set,
         pressure::Pressure,
         stats::{CgroupStats, MemoryStats},
     },
+    histogram::{LatencySummary, LatencyWindow},
+    probes::window::IoWindow,
     sample::{
-        CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample, PidsSample,
-        PressureSample, PressureWindow,
+        Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,
+        PerOperation, PidsSample, PressureSample, PressureWindow,
     },
 };
 
@@ -97,6 +101,77 @@ pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
     }
 }
 
+/// Events per second over a window of `seconds` (0 for an empty window).
+fn rate(events: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        events as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Adds the blockio probe's window to a cgroup's devices: every device it lists
+/// (from `io.stat` or from the probe) gets the probe's per-operation counts and
+/// latencies, zero where the probe saw no request.
+pub fn block_io(
+    sample: &mut Option<IoSample>,
+    windows: &[IoWindow],
+    seconds: f64,
+    names: &mut DeviceNames,
+) {
+    if sample.is_none() && windows.is_empty() {
+        return;
+    }
+    let devices = &mut sample.get_or_insert_with(IoSample::default).devices;
+    for w in windows {
+        let (major, minor) = dev_parts(w.dev);
+        let device = Device { major, minor };
+        let name = device.to_string();
+        let entry = match devices.iter().position(|d| d.device == name) {
+            Some(i) => &mut devices[i],
+            None => {
+                devices.push(IoDeviceSample {
+                    name: names.name(device).map(str::to_owned),
+                    device: name,
+                    ..IoDeviceSample::default()
+                });
+                devices.last_mut().expect("just pushed")
+            }
+        };
+        let completed = entry.completed.get_or_insert_with(Default::default);
+        if let Some(c) = completed.get_mut(w.op) {
+            *c = Completed {
+                ops: w.ios,
+                bytes: w.bytes,
+                iops: rate(w.ios, seconds),
+            };
+        }
+        let latency = entry.latency.get_or_insert_with(empty_latencies);
+        if let Some(l) = latency.get_mut(w.op) {
+            *l = LatencySummary::from(&w.queue);
+        }
+        let device_latency = entry.device_latency.get_or_insert_with(empty_latencies);
+        if let Some(l) = device_latency.get_mut(w.op) {
+            *l = LatencySummary::from(&w.device);
+        }
+    }
+    for d in devices.iter_mut() {
+        d.completed.get_or_insert_with(Default::default);
+        d.latency.get_or_insert_with(empty_latencies);
+        d.device_latency.get_or_insert_with(empty_latencies);
+    }
+}
+
+fn empty_latencies() -> PerOperation<LatencySummary> {
+    let empty = || LatencySummary::from(&LatencyWindow::EMPTY);
+    PerOperation {
+        read: empty(),
+        write: empty(),
+        discard: empty(),
+        flush: empty(),
+    }
+}
+
 pub fn io(
     now: &CgroupStats,
     before: Option<&CgroupStats>,
@@ -104,13 +179,6 @@ pub fn io(
     names: &mut DeviceNames,
 ) -> Option<IoSample> {
     let devices = now.io.as_ref()?;
-    let rate = |ops: u64| {
-        if seconds > 0.0 {
-            ops as f64 / seconds
-        } else {
-            0.0
-        }
-    };
     let devices = devices
         .iter()
         .map(|(device, n)| {
@@ -130,18 +198,19 @@ pub fn io(
             IoDeviceSample {
                 device: device.to_string(),
                 name: names.name(*device).map(str::to_owned),
-                read_ops,
-                write_ops,
-                read_bytes: n.rbytes.saturating_sub(b.rbytes),
-                write_bytes: n.wbytes.saturating_sub(b.wbytes),
-                discard_ops: n.dios.saturating_sub(b.dios),
-                discard_bytes: n.dbytes.saturating_sub(b.dbytes),
-                read_iops: rate(read_ops),
-                write_iops: rate(write_ops),
+                read_ops: Some(read_ops),
+                write_ops: Some(write_ops),
+                read_bytes: Some(n.rbytes.saturating_sub(b.rbytes)),
+                write_bytes: Some(n.wbytes.saturating_sub(b.wbytes)),
+                discard_ops: Some(n.dios.saturating_sub(b.dios)),
+                discard_bytes: Some(n.dbytes.saturating_sub(b.dbytes)),
+                read_iops: Some(rate(read_ops, seconds)),
+                write_iops: Some(rate(write_ops, seconds)),
                 limit_read_bps: limit.rbps,
                 limit_write_bps: limit.wbps,
                 limit_read_iops: limit.riops,
                 limit_write_iops: limit.wiops,
+                ..IoDeviceSample::default()
             }
         })
         .collect();
@@ -260,12 +329,35 @@ mod tests {
         assert_eq!(io.devices[0].device, "7:0");
         assert_eq!(
             (io.devices[0].read_ops, io.devices[0].read_iops),
-            (200, 100.0)
+            (Some(200), Some(100.0))
         );
         assert_eq!(
             (io.devices[0].read_bytes, io.devices[0].limit_read_iops),
-            (4096, Some(100))
+            (Some(4096), Some(100))
         );
+        assert!(io.devices[0].completed.is_none(), "no probe data yet");
+
+        // The probe's requests join the io.stat device, or add one io.stat lacks.
+        let mut io = Some(io);
+        let windows = [
+            IoWindow::requests(7 << 20, 0, 50),
+            IoWindow::requests(8 << 20 | 16, 1, 4),
+        ];
+        block_io(&mut io, &windows, 2.0, &mut DeviceNames::default());
+        let devices = &io.unwrap().devices;
+        assert_eq!(devices.len(), 2);
+        let loop0 = devices[0].completed.as_ref().unwrap();
+        assert_eq!(
+            (loop0.read.ops, loop0.read.iops, loop0.write.ops),
+            (50, 25.0, 0)
+        );
+        assert_eq!(devices[1].device, "8:16");
+        assert_eq!(devices[1].read_ops, None, "not in io.stat: null, not 0");
+        assert_eq!(devices[1].completed.as_ref().unwrap().write.bytes, 4 * 4096);
+        assert_eq!(devices[1].latency.as_ref().unwrap().write.count, 0);
+        let mut none = None;
+        block_io(&mut none, &[], 2.0, &mut DeviceNames::default());
+        assert!(none.is_none(), "no io.stat and no requests: no io object");
         let p = pressure(&now, Some(&before)).cpu.unwrap();
         assert_eq!(
             (p.some_seconds, p.some_avg10, p.full_seconds),

@@ -155,9 +155,13 @@ fn io_max_caps_iops_and_counts_match_fio() {
         .iter()
         .find(|d| d.device == dev)
         .expect("nullb0 in io.stat");
+    let (read_ops, read_iops) = (
+        device.read_ops.expect("io.stat rios"),
+        device.read_iops.expect("io.stat rios"),
+    );
     eprintln!(
         "fio: {fio_ios} IOs at {fio_iops:.1} IOPS; cgscope: {} read ops, {:.1} IOPS over {:.2}s",
-        device.read_ops, device.read_iops, snapshot.window_seconds
+        read_ops, read_iops, snapshot.window_seconds
     );
     assert_eq!(device.name.as_deref(), Some("nullb0"));
     assert_eq!(device.limit_read_iops, Some(IOPS));
@@ -165,11 +169,7 @@ fn io_max_caps_iops_and_counts_match_fio() {
         (fio_iops - IOPS as f64).abs() / (IOPS as f64) < 0.10,
         "fio ran at {fio_iops} IOPS under a cap of {IOPS}"
     );
-    let diff = device.read_ops.abs_diff(fio_ios) as f64 / fio_ios as f64;
-    assert!(
-        diff < 0.02,
-        "cgscope {} read ops vs fio {fio_ios}",
-        device.read_ops
-    );
-    assert!(device.read_iops <= IOPS as f64 * 1.10);
+    let diff = read_ops.abs_diff(fio_ios) as f64 / fio_ios as f64;
+    assert!(diff < 0.02, "cgscope {read_ops} read ops vs fio {fio_ios}");
+    assert!(read_iops <= IOPS as f64 * 1.10);
 }

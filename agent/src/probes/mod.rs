@@ -2,10 +2,18 @@
 //! field offsets from BTF, attach each probe, read its maps. A probe that cannot
 //! attach is reported with the exact reason; the others keep working.
 
+pub mod blockio;
 pub mod runq;
+pub mod window;
 
-use aya::{Ebpf, EbpfLoader};
-use cgscope_common::runq::TaskOffsets;
+use std::{collections::BTreeMap, path::Path};
+
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::BtfTracePoint,
+    Ebpf, EbpfLoader,
+};
+use cgscope_common::{blockio::BlockioConfig, runq::TaskOffsets};
 
 use crate::{btf::BtfError, sample::ProbeStatus};
 
@@ -38,6 +46,10 @@ pub enum ProbeError {
     },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("{0}")]
+    Load(String),
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
 }
 
 impl ProbeError {
@@ -76,6 +88,70 @@ pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
     _ebpf: Option<Ebpf>,
     pub runq: Result<runq::Runq, ProbeError>,
+    pub blockio: Result<blockio::Blockio, ProbeError>,
+}
+
+/// Loads the tp_btf programs `(program, tracepoint)` and attaches them; on failure,
+/// unloads what it loaded, so that a probe is attached whole or not at all.
+pub(crate) fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    programs: &[(&'static str, &'static str)],
+) -> Result<(), ProbeError> {
+    let mut loaded: Vec<&'static str> = Vec::new();
+    let result = (|| {
+        for &(program, hook) in programs {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram(program))?
+                .try_into()
+                .map_err(|e| ProbeError::program(program, hook, e))?;
+            prog.load(hook, btf)
+                .map_err(|e| ProbeError::program(program, hook, e))?;
+            loaded.push(program);
+            prog.attach()
+                .map_err(|e| ProbeError::program(program, hook, e))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for program in loaded {
+            if let Some(Ok(prog)) = ebpf
+                .program_mut(program)
+                .map(<&mut BtfTracePoint>::try_from)
+            {
+                let _ = prog.unload();
+            }
+        }
+    }
+    result
+}
+
+/// Takes a map out of the loaded object, typed.
+pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+}
+
+/// Sums the per-CPU slots of an event-counter array into `(name, total)` pairs.
+pub(crate) fn counters(
+    array: &PerCpuArray<MapData, u64>,
+    names: &[&'static str],
+) -> BTreeMap<&'static str, u64> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(slot, name)| {
+            let total = array
+                .get(&(slot as u32), 0)
+                .map(|cpus| cpus.iter().sum())
+                .unwrap_or(0);
+            (*name, total)
+        })
+        .collect()
 }
 
 /// Offsets of the task fields the programs read, from the running kernel's BTF.
@@ -90,37 +166,58 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
     })
 }
 
-fn load(config: &ProbeConfig) -> Result<(Ebpf, aya::Btf), ProbeError> {
+/// The loaded object, aya's parsed BTF, and whether the blockio fields were found.
+type Loaded = (Ebpf, aya::Btf, Result<(), BtfError>);
+
+fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NotBuilt);
     }
     // One read of the kernel's BTF for both parsers: ours for field offsets, aya's
     // for attaching the tp_btf programs.
     let data = crate::btf::vmlinux_bytes()?;
-    let offsets = task_offsets(&crate::btf::Btf::parse(&data)?)?;
+    let ours = crate::btf::Btf::parse(&data)?;
+    let offsets = task_offsets(&ours)?;
+    // A kernel without the block layer's fields still gets the other probes: the
+    // blockio programs then fail to load, with this error.
+    let blockio = blockio::config(&ours, io_owner);
     let btf = aya::Btf::parse(&data, aya::Endianness::default())?;
-    let ebpf = EbpfLoader::new()
+    let unused = BlockioConfig::default();
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global("TASK_OFFSETS", &offsets, true)
-        .map_max_entries("RUNQ_HIST", config.max_cgroups)
-        .load(EBPF_OBJECT)?;
-    Ok((ebpf, btf))
+        .override_global("BLOCKIO_CONFIG", blockio.as_ref().unwrap_or(&unused), true)
+        .map_max_entries("RUNQ_HIST", config.max_cgroups);
+    blockio::size_maps(&mut loader, config, io_owner);
+    let ebpf = loader.load(EBPF_OBJECT)?;
+    Ok((ebpf, btf, blockio.map(drop)))
 }
 
 impl Probes {
     /// Loads the object and attaches every probe. Never fails as a whole: a probe
-    /// that cannot attach carries its error.
-    pub fn attach(config: &ProbeConfig) -> Self {
-        match load(config) {
-            Ok((mut ebpf, btf)) => {
+    /// that cannot attach carries its error. `cgroup_root` tells where the io
+    /// controller lives (see [`blockio::owner_mode`]).
+    pub fn attach(config: &ProbeConfig, cgroup_root: Option<&Path>) -> Self {
+        let io_owner = blockio::owner_mode(cgroup_root);
+        match load(config, io_owner) {
+            Ok((mut ebpf, btf, blockio_fields)) => {
                 let runq = runq::Runq::attach(&mut ebpf, &btf);
+                let blockio = blockio::Blockio::attach(
+                    &mut ebpf,
+                    &btf,
+                    io_owner,
+                    blockio_fields.as_ref().map(|_| ()),
+                );
                 Self {
                     _ebpf: Some(ebpf),
                     runq,
+                    blockio,
                 }
             }
             Err(e) => Self {
                 _ebpf: None,
+                blockio: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
             },
         }
@@ -128,19 +225,28 @@ impl Probes {
 
     /// Status of every probe.
     pub fn status(&self) -> Vec<ProbeStatus> {
-        vec![match &self.runq {
-            Ok(runq) => ProbeStatus {
-                name: runq::NAME,
-                attached: true,
-                error: None,
-                dropped: runq.dropped(),
+        let failed = |name, e: &ProbeError| ProbeStatus {
+            name,
+            attached: false,
+            error: Some(e.to_string()),
+            dropped: Default::default(),
+            notes: Vec::new(),
+        };
+        vec![
+            match &self.runq {
+                Ok(runq) => ProbeStatus {
+                    name: runq::NAME,
+                    attached: true,
+                    error: None,
+                    dropped: runq.dropped(),
+                    notes: Vec::new(),
+                },
+                Err(e) => failed(runq::NAME, e),
             },
-            Err(e) => ProbeStatus {
-                name: runq::NAME,
-                attached: false,
-                error: Some(e.to_string()),
-                dropped: Default::default(),
+            match &self.blockio {
+                Ok(blockio) => blockio.status(),
+                Err(e) => failed(blockio::NAME, e),
             },
-        }]
+        ]
     }
 }

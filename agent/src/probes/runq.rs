@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::BtfTracePoint,
     Ebpf,
 };
 use cgscope_common::{histogram::Histogram, runq::drop};
 
-use super::ProbeError;
+use super::{attach_all, counters, take_map, ProbeError};
 use crate::histogram::LatencyTotals;
 
 pub const NAME: &str = "runq";
@@ -34,44 +33,10 @@ pub struct Runq {
     drops: PerCpuArray<MapData, u64>,
 }
 
-fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, ProbeError> {
-    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
-}
-
 impl Runq {
-    /// Loads and attaches the three programs; on failure, unloads what it loaded.
+    /// Loads and attaches the three programs, all or none.
     pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Self, ProbeError> {
-        let mut loaded: Vec<&'static str> = Vec::new();
-        let result = (|| {
-            for (program, hook) in PROGRAMS {
-                let prog: &mut BtfTracePoint = ebpf
-                    .program_mut(program)
-                    .ok_or(ProbeError::MissingMap(program))?
-                    .try_into()
-                    .map_err(|e| ProbeError::program(program, hook, e))?;
-                prog.load(hook, btf)
-                    .map_err(|e| ProbeError::program(program, hook, e))?;
-                loaded.push(program);
-                prog.attach()
-                    .map_err(|e| ProbeError::program(program, hook, e))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for program in loaded {
-                if let Some(Ok(prog)) = ebpf
-                    .program_mut(program)
-                    .map(<&mut BtfTracePoint>::try_from)
-                {
-                    let _ = prog.unload();
-                }
-            }
-            return Err(e);
-        }
+        attach_all(ebpf, btf, &PROGRAMS)?;
         Ok(Self {
             hist: take_map(ebpf, "RUNQ_HIST")?,
             drops: take_map(ebpf, "RUNQ_DROPS")?,
@@ -98,17 +63,6 @@ impl Runq {
 
     /// Events dropped since load, by reason.
     pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
-        DROP_REASONS
-            .iter()
-            .enumerate()
-            .map(|(slot, reason)| {
-                let total = self
-                    .drops
-                    .get(&(slot as u32), 0)
-                    .map(|cpus| cpus.iter().sum())
-                    .unwrap_or(0);
-                (*reason, total)
-            })
-            .collect()
+        counters(&self.drops, &DROP_REASONS)
     }
 }

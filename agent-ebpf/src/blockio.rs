@@ -1,0 +1,258 @@
+//! Block IO per cgroup, disk and operation: completed requests, bytes, and the
+//! queue-to-complete and issue-to-complete latency histograms.
+//!
+//! The work is done at completion, from the timestamps the request itself carries
+//! (`start_time_ns` when it was allocated, `io_start_time_ns` when it was dispatched
+//! to the driver), so that the common path keeps no in-flight map. Hooks (tp_btf):
+//! - `block_rq_complete`: `TP_PROTO(struct request *rq, blk_status_t error,
+//!   unsigned int nr_bytes)`, called for every (partial) completion before the
+//!   request's bios are ended.
+//! - `block_rq_issue`: `TP_PROTO(struct request *rq)`. Only for the fallback: a queue
+//!   without device timestamps (no `QUEUE_FLAG_STATS`) gets its issue time noted in a
+//!   map, keyed by request; the completion program marks such queues the first time
+//!   it meets one.
+//! - `block_bio_queue`: `TP_PROTO(struct bio *bio)`, in the submitter's context. Only
+//!   attached where the io controller is on cgroup v1, to note the submitting task's
+//!   v2 cgroup per bio ([`owner::SUBMITTER`]).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::BtfTracePointContext,
+};
+use cgscope_common::{
+    blockio::{
+        event, op, owner, BlockioConfig, IoKey, IoStats, DEFAULT_MAX_KEYS, MAX_INFLIGHT, MAX_QUEUES,
+    },
+    histogram::{atomic_add_u64, record_shared},
+};
+
+use crate::kernel::load;
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated for the triples that do IO.
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// The root cgroup's id: flushes (no bio) and unreadable owners count there.
+const ROOT_CGROUP_ID: u64 = 1;
+
+/// Settings and field offsets; set by the agent at load time.
+#[unsafe(no_mangle)]
+static BLOCKIO_CONFIG: BlockioConfig = BlockioConfig {
+    owner: 0,
+    request_q: 0,
+    request_cmd_flags: 0,
+    request_data_len: 0,
+    request_bio: 0,
+    request_start_time_ns: 0,
+    request_io_start_time_ns: 0,
+    queue_disk: 0,
+    disk_major: 0,
+    disk_first_minor: 0,
+    bio_blkg: 0,
+    blkg_blkcg: 0,
+    blkcg_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn config() -> BlockioConfig {
+    // SAFETY: a plain read of an initialised static; volatile so that the compiler
+    // does not fold the zero initialiser: the loader rewrites the value.
+    unsafe { core::ptr::read_volatile(&BLOCKIO_CONFIG) }
+}
+
+/// Per (cgroup, disk, operation), shared by all CPUs (atomic adds): one copy per
+/// triple instead of one per CPU, at the price of an atomic add per IO.
+#[map]
+static BLOCKIO_STATS: HashMap<IoKey, IoStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_KEYS, BPF_F_NO_PREALLOC);
+
+/// A zeroed value for new `BLOCKIO_STATS` entries (too large for the stack).
+#[map]
+static BLOCKIO_ZERO: Array<IoStats> = Array::with_max_entries(1, 0);
+
+/// Fallback: issue time by request, for queues in `BLOCKIO_UNTIMED_QUEUES`. LRU: a
+/// request that never completes (aborted) is evicted, not kept forever.
+#[map]
+static BLOCKIO_ISSUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Queues whose requests carry no `io_start_time_ns`, with their disk.
+#[map]
+static BLOCKIO_UNTIMED_QUEUES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_QUEUES, 0);
+
+/// [`owner::SUBMITTER`] only: the submitter's v2 cgroup by bio. LRU: a bio merged
+/// into another request is never the first bio of one, and its entry goes stale.
+#[map]
+static BLOCKIO_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Counters by [`event`] slot.
+#[map]
+static BLOCKIO_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::SLOTS, 0);
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn blockio_complete(ctx: BtfTracePointContext) -> i32 {
+    if let Err(slot) = try_complete(&ctx) {
+        count(slot);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn blockio_issue(ctx: BtfTracePointContext) -> i32 {
+    let cfg = config();
+    let rq: *const u8 = ctx.arg(0);
+    let queue = load::<u64>(rq, cfg.request_q);
+    // SAFETY: the value is not kept.
+    if unsafe { BLOCKIO_UNTIMED_QUEUES.get(&queue) }.is_none() || operation(rq, &cfg).is_none() {
+        return 0;
+    }
+    if BLOCKIO_ISSUED.insert(&(rq as u64), &now_ns(), 0).is_err() {
+        count(event::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn blockio_bio_queue(ctx: BtfTracePointContext) -> i32 {
+    let bio: u64 = ctx.arg(0);
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if BLOCKIO_OWNER.insert(&bio, &cgroup_id, 0).is_err() {
+        count(event::INFLIGHT_FULL);
+    }
+    0
+}
+
+/// The request's operation, `None` for those not counted (zone management,
+/// driver-private passthrough).
+#[inline(always)]
+fn operation(rq: *const u8, cfg: &BlockioConfig) -> Option<u32> {
+    // REQ_OP_* (include/linux/blk_types.h): the low 8 bits of cmd_flags.
+    match load::<u32>(rq, cfg.request_cmd_flags) & 0xff {
+        0 => Some(op::READ),
+        1 | 9 => Some(op::WRITE),   // WRITE, WRITE_ZEROES
+        3 | 5 => Some(op::DISCARD), // DISCARD, SECURE_ERASE
+        2 => Some(op::FLUSH),
+        _ => None,
+    }
+}
+
+fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
+    let now = now_ns();
+    let cfg = config();
+    let rq: *const u8 = ctx.arg(0);
+    let nr_bytes = ctx.arg::<u64>(2) & 0xffff_ffff;
+    let Some(op) = operation(rq, &cfg) else {
+        return Ok(());
+    };
+    // A partial completion adds its bytes; the request counts once, at its last one.
+    let last = nr_bytes >= u64::from(load::<u32>(rq, cfg.request_data_len));
+    let queue = load::<*const u8>(rq, cfg.request_q);
+    let disk = load::<*const u8>(queue, cfg.queue_disk);
+    let major = load::<u32>(disk, cfg.disk_major);
+    let minor = load::<u32>(disk, cfg.disk_first_minor);
+    let key = IoKey {
+        cgroup_id: owner_of(rq, &cfg, last),
+        dev: major << 20 | (minor & 0xf_ffff),
+        op,
+    };
+    let stats = match BLOCKIO_STATS.get_ptr_mut(&key) {
+        Some(stats) => stats,
+        None => {
+            let zero = BLOCKIO_ZERO.get(0).ok_or(event::STATS_FULL)?;
+            // EEXIST means another CPU created it first: fine.
+            let _ = BLOCKIO_STATS.insert(&key, zero, u64::from(BPF_NOEXIST));
+            BLOCKIO_STATS.get_ptr_mut(&key).ok_or(event::STATS_FULL)?
+        }
+    };
+    // SAFETY: a live map value, 8-byte aligned; its counters are only updated with
+    // atomic adds.
+    unsafe { atomic_add_u64(&raw mut (*stats).bytes, nr_bytes) };
+    if !last {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { atomic_add_u64(&raw mut (*stats).ios, 1) };
+
+    let start = load::<u64>(rq, cfg.request_start_time_ns);
+    if start != 0 {
+        // SAFETY: as above.
+        unsafe { record_shared(&raw mut (*stats).queue, now.saturating_sub(start)) };
+    } else {
+        count(event::NO_QUEUE_TIME);
+    }
+    if let Some(issued) = issue_time(rq, &cfg, queue as u64, key.dev) {
+        // SAFETY: as above.
+        unsafe { record_shared(&raw mut (*stats).device, now.saturating_sub(issued)) };
+    }
+    Ok(())
+}
+
+/// When the request was dispatched: its own timestamp, else the fallback's.
+#[inline(always)]
+fn issue_time(rq: *const u8, cfg: &BlockioConfig, queue: u64, dev: u32) -> Option<u64> {
+    let issued = load::<u64>(rq, cfg.request_io_start_time_ns);
+    if issued != 0 {
+        return Some(issued);
+    }
+    let key = rq as u64;
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(issued) = unsafe { BLOCKIO_ISSUED.get(&key) }.copied() {
+        let _ = BLOCKIO_ISSUED.remove(&key);
+        count(event::DEVICE_TIME_FALLBACK);
+        return Some(issued);
+    }
+    // The first untimed request of this queue: from now on its issues are noted.
+    // SAFETY: the value is not kept.
+    if unsafe { BLOCKIO_UNTIMED_QUEUES.get(&queue) }.is_none() {
+        let _ = BLOCKIO_UNTIMED_QUEUES.insert(&queue, &dev, 0);
+    }
+    count(event::NO_DEVICE_TIME);
+    None
+}
+
+/// The cgroup the request's IO belongs to.
+#[inline(always)]
+fn owner_of(rq: *const u8, cfg: &BlockioConfig, last: bool) -> u64 {
+    let bio = load::<*const u8>(rq, cfg.request_bio);
+    if bio.is_null() {
+        return ROOT_CGROUP_ID; // a flush
+    }
+    if cfg.owner == owner::SUBMITTER {
+        let key = bio as u64;
+        // SAFETY: the value is copied out before the entry is removed.
+        let id = unsafe { BLOCKIO_OWNER.get(&key) }.copied();
+        if last {
+            let _ = BLOCKIO_OWNER.remove(&key);
+        }
+        return id.unwrap_or(ROOT_CGROUP_ID);
+    }
+    let blkg = load::<*const u8>(bio, cfg.bio_blkg);
+    let blkcg = load::<*const u8>(blkg, cfg.blkg_blkcg);
+    let cgroup = load::<*const u8>(blkcg, cfg.blkcg_cgroup);
+    let kn = load::<*const u8>(cgroup, cfg.cgroup_kn);
+    match load::<u64>(kn, cfg.kernfs_node_id) {
+        0 => {
+            count(event::CGROUP_UNREADABLE);
+            ROOT_CGROUP_ID
+        }
+        id => id,
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(counter) = BLOCKIO_EVENTS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { *counter += 1 };
+    }
+}

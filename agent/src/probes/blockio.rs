@@ -1,0 +1,190 @@
+//! Block IO per cgroup, disk and operation (kernel side: `agent-ebpf/src/blockio.rs`).
+//!
+//! Requires kernel 6.1+ with BTF (tp_btf, `request_queue.disk`, non-preallocated hash
+//! maps usable from completion interrupts).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+};
+use cgscope_common::blockio::{dev_parts, event, owner, BlockioConfig, IoKey, IoStats};
+
+use super::{attach_all, counters, take_map, ProbeConfig, ProbeError};
+use crate::{
+    btf::{Btf, BtfError},
+    histogram::LatencyTotals,
+    sample::ProbeStatus,
+};
+
+pub const NAME: &str = "blockio";
+
+/// Programs attached in every mode, and the one only [`owner::SUBMITTER`] needs.
+const PROGRAMS: [(&str, &str); 2] = [
+    ("blockio_complete", "block_rq_complete"),
+    ("blockio_issue", "block_rq_issue"),
+];
+const BIO_QUEUE: (&str, &str) = ("blockio_bio_queue", "block_bio_queue");
+
+/// Names of the `BLOCKIO_EVENTS` slots, in slot order.
+const EVENTS: [&str; event::SLOTS as usize] = [
+    "stats_map_full",
+    "inflight_map_full",
+    "cgroup_unreadable",
+    "no_queue_timestamp",
+    "device_time_fallback",
+    "no_device_timestamp",
+];
+
+/// How requests are attributed here: to their bio's blkcg where the io controller is
+/// on the v2 hierarchy (its root lists `io` in `cgroup.controllers`), else to the
+/// submitting task's v2 cgroup.
+pub fn owner_mode(cgroup_root: Option<&Path>) -> u32 {
+    let controllers =
+        cgroup_root.and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok());
+    match controllers {
+        Some(c) if c.split_whitespace().any(|c| c == "io") => owner::BLKCG,
+        _ => owner::SUBMITTER,
+    }
+}
+
+/// The programs' settings and field offsets, from the running kernel's BTF.
+pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
+    Ok(BlockioConfig {
+        owner,
+        request_q: btf.offset_of("request", "q", 8)?,
+        request_cmd_flags: btf.offset_of("request", "cmd_flags", 4)?,
+        request_data_len: btf.offset_of("request", "__data_len", 4)?,
+        request_bio: btf.offset_of("request", "bio", 8)?,
+        request_start_time_ns: btf.offset_of("request", "start_time_ns", 8)?,
+        request_io_start_time_ns: btf.offset_of("request", "io_start_time_ns", 8)?,
+        queue_disk: btf.offset_of("request_queue", "disk", 8)?,
+        disk_major: btf.offset_of("gendisk", "major", 4)?,
+        disk_first_minor: btf.offset_of("gendisk", "first_minor", 4)?,
+        bio_blkg: btf.offset_of("bio", "bi_blkg", 8)?,
+        blkg_blkcg: btf.offset_of("blkcg_gq", "blkcg", 8)?,
+        blkcg_cgroup: btf.member("blkcg", "css")?.offset
+            + btf.offset_of("cgroup_subsys_state", "cgroup", 8)?,
+        cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
+        kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
+        _pad: 0,
+    })
+}
+
+/// Map capacities: one stats entry per (cgroup, disk, operation), two per cgroup on
+/// average; the per-bio owner map only where it is used.
+pub fn size_maps(loader: &mut EbpfLoader, config: &ProbeConfig, owner: u32) {
+    loader.map_max_entries("BLOCKIO_STATS", config.max_cgroups.saturating_mul(2));
+    if owner != owner::SUBMITTER {
+        loader.map_max_entries("BLOCKIO_OWNER", 1);
+    }
+}
+
+/// Cumulative counters of one (cgroup, disk, operation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoTotals {
+    pub ios: u64,
+    pub bytes: u64,
+    pub queue: LatencyTotals,
+    pub device: LatencyTotals,
+}
+
+/// The attached probe and its maps.
+pub struct Blockio {
+    stats: BpfHashMap<MapData, IoKey, IoStats>,
+    untimed: BpfHashMap<MapData, u64, u32>,
+    events: PerCpuArray<MapData, u64>,
+    owner: u32,
+}
+
+impl Blockio {
+    /// Loads and attaches the programs of this mode, all or none. A missing kernel
+    /// field (`config` failed) is reported here, as this probe's error.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        btf: &aya::Btf,
+        owner: u32,
+        config: Result<(), &BtfError>,
+    ) -> Result<Self, ProbeError> {
+        config.map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
+        let mut programs = PROGRAMS.to_vec();
+        if owner == owner::SUBMITTER {
+            programs.push(BIO_QUEUE);
+        }
+        attach_all(ebpf, btf, &programs)?;
+        Ok(Self {
+            stats: take_map(ebpf, "BLOCKIO_STATS")?,
+            untimed: take_map(ebpf, "BLOCKIO_UNTIMED_QUEUES")?,
+            events: take_map(ebpf, "BLOCKIO_EVENTS")?,
+            owner,
+        })
+    }
+
+    /// Reads the cumulative counters of every (cgroup, disk, operation) into `out`
+    /// (cleared first).
+    pub fn read(&self, out: &mut HashMap<IoKey, IoTotals>) {
+        out.clear();
+        // An entry removed while iterating is skipped, not an error.
+        for (key, v) in self.stats.iter().flatten() {
+            let totals = IoTotals {
+                ios: v.ios,
+                bytes: v.bytes,
+                queue: LatencyTotals::from_cpus([&v.queue]),
+                device: LatencyTotals::from_cpus([&v.device]),
+            };
+            out.insert(key, totals);
+        }
+    }
+
+    /// Deletes the entries of removed cgroups (`keys` from a `read` whose cgroup is
+    /// missing from a tree walked after it).
+    pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a IoKey>) {
+        for key in keys {
+            let _ = self.stats.remove(key);
+        }
+    }
+
+    pub fn status(&self) -> ProbeStatus {
+        let counts = counters(&self.events, &EVENTS);
+        let mut notes = vec![match self.owner {
+            owner::BLKCG => "IO attributed to the request's blkcg (io controller on cgroup v2; \
+                             writeback counts for the cgroup that dirtied the pages)"
+                .to_owned(),
+            _ => "IO attributed to the submitting task's cgroup (io controller not on cgroup \
+                  v2: writeback by kernel flushers counts for the root)"
+                .to_owned(),
+        }];
+        let untimed: Vec<String> = self
+            .untimed
+            .iter()
+            .flatten()
+            .map(|(_, dev)| {
+                let (major, minor) = dev_parts(dev);
+                format!("{major}:{minor}")
+            })
+            .collect();
+        if !untimed.is_empty() {
+            notes.push(format!(
+                "device latency timed from block_rq_issue (the queue keeps no issue \
+                 timestamp) on {}; {} requests so timed",
+                untimed.join(", "),
+                counts.get("device_time_fallback").copied().unwrap_or(0)
+            ));
+        }
+        let dropped: BTreeMap<_, _> = counts
+            .into_iter()
+            .filter(|(name, _)| *name != "device_time_fallback")
+            .collect();
+        ProbeStatus {
+            name: NAME,
+            attached: true,
+            error: None,
+            dropped,
+            notes,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What the probes measured per cgroup in one window: the difference between two
+//! readings of the kernel maps, per cgroup id. Windows add up, so a parent's can
+//! include its descendants' (as `cpu.stat` and `io.stat` do).
+
+use std::collections::HashMap;
+
+use cgscope_common::blockio::IoKey;
+
+use super::{blockio::IoTotals, Probes};
+use crate::histogram::{LatencyTotals, LatencyWindow};
+
+/// One reading of every probe's map.
+#[derive(Default)]
+struct Reading {
+    runq: HashMap<u64, LatencyTotals>,
+    io: HashMap<IoKey, IoTotals>,
+    /// `io`'s keys by cgroup id.
+    io_keys: HashMap<u64, Vec<IoKey>>,
+}
+
+impl Reading {
+    fn clear(&mut self) {
+        self.runq.clear();
+        self.io.clear();
+        self.io_keys.clear();
+    }
+}
+
+/// Block IO of one (disk, operation) in a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoWindow {
+    /// `major << 20 | minor`
+    pub dev: u32,
+    /// `cgscope_common::blockio::op`
+    pub op: u32,
+    pub ios: u64,
+    pub bytes: u64,
+    pub queue: LatencyWindow,
+    pub device: LatencyWindow,
+}
+
+impl IoWindow {
+    /// `ios` requests of 4 KiB with no latency recorded (for tests).
+    #[cfg(test)]
+    pub fn requests(dev: u32, op: u32, ios: u64) -> Self {
+        Self {
+            dev,
+            op,
+            ios,
+            bytes: ios * 4096,
+            queue: LatencyWindow::EMPTY,
+            device: LatencyWindow::EMPTY,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.ios += other.ios;
+        self.bytes += other.bytes;
+        self.queue.add(&other.queue);
+        self.device.add(&other.device);
+    }
+}
+
+/// What the probes recorded for one cgroup in one window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProbeWindow {
+    pub runq: LatencyWindow,
+    /// One entry per (disk, operation) with IO.
+    pub io: Vec<IoWindow>,
+}
+
+impl ProbeWindow {
+    pub fn add(&mut self, other: &Self) {
+        self.runq.add(&other.runq);
+        for theirs in &other.io {
+            match self
+                .io
+                .iter_mut()
+                .find(|o| o.dev == theirs.dev && o.op == theirs.op)
+            {
+                Some(ours) => ours.add(theirs),
+                None => self.io.push(theirs.clone()),
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runq.count() == 0 && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
+    }
+}
+
+/// The last two readings of the probes' maps (swapped each window: the previous
+/// reading is kept, never copied).
+#[derive(Default)]
+pub struct ProbeReader {
+    now: Reading,
+    previous: Reading,
+}
+
+impl ProbeReader {
+    /// Ends a window: this reading becomes the previous one, the maps are read anew.
+    pub fn read(&mut self, probes: &Probes) {
+        std::mem::swap(&mut self.now, &mut self.previous);
+        self.now.clear();
+        if let Ok(runq) = &probes.runq {
+            runq.read(&mut self.now.runq);
+        }
+        if let Ok(blockio) = &probes.blockio {
+            blockio.read(&mut self.now.io);
+            for key in self.now.io.keys() {
+                self.now
+                    .io_keys
+                    .entry(key.cgroup_id)
+                    .or_default()
+                    .push(*key);
+            }
+        }
+    }
+
+    /// What cgroup `id` itself recorded in the window; `None` if nothing.
+    pub fn window(&self, id: u64) -> Option<Box<ProbeWindow>> {
+        let runq = self
+            .now
+            .runq
+            .get(&id)
+            .map(|r| r.since(self.previous.runq.get(&id)));
+        let io: Vec<IoWindow> = self
+            .now
+            .io_keys
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|key| {
+                let now = &self.now.io[key];
+                let before = self.previous.io.get(key);
+                IoWindow {
+                    dev: key.dev,
+                    op: key.op,
+                    ios: now.ios.wrapping_sub(before.map_or(0, |b| b.ios)),
+                    bytes: now.bytes.wrapping_sub(before.map_or(0, |b| b.bytes)),
+                    queue: now.queue.since(before.map(|b| &b.queue)),
+                    device: now.device.since(before.map(|b| &b.device)),
+                }
+            })
+            .collect();
+        let window = ProbeWindow {
+            runq: runq.unwrap_or_default(),
+            io,
+        };
+        (!window.is_empty()).then(|| Box::new(window))
+    }
+
+    /// Every cgroup id the probes hold data for.
+    pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let io = self
+            .now
+            .io_keys
+            .keys()
+            .filter(|id| !self.now.runq.contains_key(id));
+        self.now.runq.keys().chain(io).copied()
+    }
+
+    /// Deletes the kernel entries of removed cgroups: `dead` must be ids of this
+    /// reading missing from a tree walked after it.
+    pub fn forget(&self, probes: &mut Probes, dead: &[u64]) {
+        if let Ok(runq) = &mut probes.runq {
+            runq.forget(dead);
+        }
+        if let Ok(blockio) = &mut probes.blockio {
+            blockio.forget(
+                dead.iter()
+                    .filter_map(|id| self.now.io_keys.get(id))
+                    .flatten(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_add_per_disk_and_operation() {
+        let mut parent = ProbeWindow {
+            io: vec![IoWindow::requests(1, 0, 2)],
+            ..ProbeWindow::default()
+        };
+        let child = ProbeWindow {
+            io: vec![
+                IoWindow::requests(1, 0, 3),
+                IoWindow::requests(1, 1, 1),
+                IoWindow::requests(2, 0, 5),
+            ],
+            ..ProbeWindow::default()
+        };
+        parent.add(&child);
+        assert_eq!(
+            parent.io,
+            vec![
+                IoWindow::requests(1, 0, 5),
+                IoWindow::requests(1, 1, 1),
+                IoWindow::requests(2, 0, 5)
+            ]
+        );
+        assert!(!parent.is_empty());
+        assert!(ProbeWindow::default().is_empty());
+    }
+}
