@@ -30,9 +30,9 @@ pub mod owner {
     /// The request's bio blkcg (`bio->bi_blkg->blkcg`): right for writeback done by
     /// kworkers. Needs the io controller on the cgroup v2 hierarchy.
     pub const BLKCG: u32 = 0;
-    /// The v2 cgroup of the task that submitted the bio, noted at `block_bio_queue`:
-    /// for hosts whose io controller is on cgroup v1 (writeback then counts for the
-    /// flusher's cgroup).
+    /// The v2 cgroup of the task that submitted the bio, noted at `block_bio_queue`
+    /// and handed to the front part of a split bio at `block_split`: for hosts whose
+    /// io controller is on cgroup v1 (writeback then counts for the flusher's cgroup).
     pub const SUBMITTER: u32 = 1;
 }
 
@@ -136,7 +136,8 @@ pub struct BlockioConfig {
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (u64)
     pub kernfs_node_id: u32,
-    pub _pad: u32,
+    /// `bio.bi_private` (`void *`; a split bio's parent, see `bio_chain`)
+    pub bio_private: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 64);

@@ -11,9 +11,9 @@
 //!   without device timestamps (no `QUEUE_FLAG_STATS`) gets its issue time noted in a
 //!   map, keyed by request; the completion program marks such queues the first time
 //!   it meets one.
-//! - `block_bio_queue`: `TP_PROTO(struct bio *bio)`, in the submitter's context. Only
-//!   attached where the io controller is on cgroup v1, to note the submitting task's
-//!   v2 cgroup per bio ([`owner::SUBMITTER`]).
+//! - `block_bio_queue`: `TP_PROTO(struct bio *bio)`, in the submitter's context, and
+//!   `block_split`. Only attached where the io controller is on cgroup v1, to note the
+//!   submitting task's v2 cgroup per bio ([`owner::SUBMITTER`]).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -54,7 +54,7 @@ static BLOCKIO_CONFIG: BlockioConfig = BlockioConfig {
     blkcg_cgroup: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
-    _pad: 0,
+    bio_private: 0,
 };
 
 #[inline(always)]
@@ -122,6 +122,25 @@ pub fn blockio_bio_queue(ctx: BtfTracePointContext) -> i32 {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if BLOCKIO_OWNER.insert(&bio, &cgroup_id, 0).is_err() {
         count(event::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "block_split")]
+pub fn blockio_split(ctx: BtfTracePointContext) -> i32 {
+    // `TP_PROTO(struct bio *bio, unsigned int new_sector)`: `bio` is the new front
+    // part, chained to the bio it was cut from (its `bi_private`), which was queued
+    // (and noted) by the submitter; the front part is not queued again.
+    let split: *const u8 = ctx.arg(0);
+    let parent = load::<u64>(split, config().bio_private);
+    // SAFETY: the value is copied out.
+    if let Some(cgroup_id) = unsafe { BLOCKIO_OWNER.get(&parent) }.copied() {
+        if BLOCKIO_OWNER
+            .insert(&(split as u64), &cgroup_id, 0)
+            .is_err()
+        {
+            count(event::INFLIGHT_FULL);
+        }
     }
     0
 }

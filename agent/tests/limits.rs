@@ -108,11 +108,7 @@ fn io_max_caps_iops_and_counts_match_fio() {
         eprintln!("skipped: no null_blk device (/dev/nullb0); the VMs load null_blk");
         return;
     };
-    if std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !common::have("fio") {
         eprintln!("skipped: no fio");
         return;
     }
@@ -120,34 +116,9 @@ fn io_max_caps_iops_and_counts_match_fio() {
     let cg = TestCgroup::create("iomax");
     std::fs::write(cg.dir.join("io.max"), format!("{dev} riops={IOPS}")).expect("io.max");
     let mut sampler = sampler();
-    let out = cg
-        .command("fio")
-        .args([
-            "--name=capped",
-            "--filename=/dev/nullb0",
-            "--rw=randread",
-            "--bs=4k",
-            "--direct=1",
-        ])
-        .args([
-            "--ioengine=psync",
-            "--time_based",
-            "--runtime=3",
-            "--output-format=json",
-        ])
-        .output()
-        .expect("run fio");
-    assert!(
-        out.status.success(),
-        "fio: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let fio = cg.fio_reads("/dev/nullb0", "4k", 3);
     let snapshot = sampler.sample(Some(&cg.path));
-    let fio: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fio JSON");
-    let fio_ios = fio["jobs"][0]["read"]["total_ios"]
-        .as_u64()
-        .expect("total_ios");
-    let fio_iops = fio["jobs"][0]["read"]["iops"].as_f64().expect("iops");
+    let (fio_ios, fio_iops) = (fio.ios, fio.iops);
 
     let io = find(&snapshot, &cg).io.as_ref().expect("io controller");
     let device = io

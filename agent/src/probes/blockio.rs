@@ -23,12 +23,15 @@ use crate::{
 
 pub const NAME: &str = "blockio";
 
-/// Programs attached in every mode, and the one only [`owner::SUBMITTER`] needs.
+/// Programs attached in every mode, and those only [`owner::SUBMITTER`] needs.
 const PROGRAMS: [(&str, &str); 2] = [
     ("blockio_complete", "block_rq_complete"),
     ("blockio_issue", "block_rq_issue"),
 ];
-const BIO_QUEUE: (&str, &str) = ("blockio_bio_queue", "block_bio_queue");
+const SUBMITTER_PROGRAMS: [(&str, &str); 2] = [
+    ("blockio_bio_queue", "block_bio_queue"),
+    ("blockio_split", "block_split"),
+];
 
 /// Names of the `BLOCKIO_EVENTS` slots, in slot order.
 const EVENTS: [&str; event::SLOTS as usize] = [
@@ -71,7 +74,7 @@ pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
             + btf.offset_of("cgroup_subsys_state", "cgroup", 8)?,
         cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
         kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
-        _pad: 0,
+        bio_private: btf.offset_of("bio", "bi_private", 8)?,
     })
 }
 
@@ -113,7 +116,7 @@ impl Blockio {
         config.map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
         let mut programs = PROGRAMS.to_vec();
         if owner == owner::SUBMITTER {
-            programs.push(BIO_QUEUE);
+            programs.extend(SUBMITTER_PROGRAMS);
         }
         attach_all(ebpf, btf, &programs)?;
         Ok(Self {

@@ -340,6 +340,52 @@ impl TestCgroup {
     }
 }
 
+/// Whether `program` runs here.
+pub fn have(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+/// What fio reported of a read job.
+pub struct FioReads {
+    pub ios: u64,
+    pub iops: f64,
+    pub clat_p50_seconds: f64,
+}
+
+impl TestCgroup {
+    /// fio in this cgroup: O_DIRECT random reads of `block` bytes at queue depth 1
+    /// for `seconds` on `device`.
+    pub fn fio_reads(&self, device: &str, block: &str, seconds: u32) -> FioReads {
+        let out = self
+            .command("fio")
+            .args(["--name=cgscope", "--rw=randread", "--direct=1"])
+            .args(["--ioengine=psync", "--time_based", "--output-format=json"])
+            .arg(format!("--bs={block}"))
+            .arg(format!("--filename={device}"))
+            .arg(format!("--runtime={seconds}"))
+            .output()
+            .expect("run fio");
+        assert!(
+            out.status.success(),
+            "fio: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fio JSON");
+        let read = &report["jobs"][0]["read"];
+        FioReads {
+            ios: read["total_ios"].as_u64().expect("total_ios"),
+            iops: read["iops"].as_f64().expect("iops"),
+            clat_p50_seconds: read["clat_ns"]["percentile"]["50.000000"]
+                .as_f64()
+                .expect("clat p50")
+                * 1e-9,
+        }
+    }
+}
+
 /// A child body that maps and touches memory until the kernel stops it.
 pub fn eat_memory() -> ! {
     const CHUNK: usize = 1 << 20;
