@@ -14,4 +14,5 @@
 
 pub mod blockio;
 pub mod histogram;
+pub mod oom;
 pub mod runq;

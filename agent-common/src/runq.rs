@@ -52,9 +52,13 @@ pub struct TaskOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (`u64`, the cgroup id; since 5.5)
     pub kernfs_node_id: u32,
+    /// `task_struct.tgid` (the process id)
+    pub task_tgid: u32,
+    /// `task_struct.comm` (`char[16]`)
+    pub task_comm: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -24,6 +24,8 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    task_tgid: 0,
+    task_comm: 0,
 };
 
 #[inline(always)]
@@ -47,6 +49,24 @@ pub fn load<T: Copy>(base: *const u8, offset: u32) -> T {
 #[inline(always)]
 pub fn task_pid(task: *const u8, off: &TaskOffsets) -> u32 {
     load::<u32>(task, off.task_pid)
+}
+
+/// `task->tgid`: the process id in the initial pid namespace.
+#[inline(always)]
+pub fn task_tgid(task: *const u8, off: &TaskOffsets) -> u32 {
+    load::<u32>(task, off.task_tgid)
+}
+
+/// `task->comm`, NUL-padded. Two 8-byte loads inside the array member, which the
+/// verifier allows (it checks the access against the end of the array).
+#[inline(always)]
+pub fn task_comm(task: *const u8, off: &TaskOffsets) -> [u8; 16] {
+    let head = load::<u64>(task, off.task_comm).to_ne_bytes();
+    let tail = load::<u64>(task, off.task_comm + 8).to_ne_bytes();
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&head);
+    comm[8..].copy_from_slice(&tail);
+    comm
 }
 
 /// `task->on_cpu`: whether the task is running on a CPU right now.

@@ -5,6 +5,7 @@
 
 mod blockio;
 mod kernel;
+mod oom;
 mod runq;
 
 #[cfg(not(test))]

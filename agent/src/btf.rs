@@ -20,6 +20,8 @@ pub enum BtfError {
     },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
+    #[error("tracepoint {0} not found in kernel BTF")]
+    NoTracepoint(String),
     #[error("struct {0} not found in kernel BTF")]
     NoStruct(String),
     #[error("struct {strukt} has no member {member} in kernel BTF")]
@@ -267,6 +269,36 @@ impl Btf {
         })
     }
 
+    /// Whether argument `arg` (from 0) of the raw tracepoint `tracepoint` is a
+    /// pointer, from the `btf_trace_<tracepoint>` typedef the kernel declares for
+    /// tp_btf programs (`void (*)(void *ctx, args...)`): tells apart kernels whose
+    /// tracepoint passes a `struct task_struct *` from those that pass a pid.
+    pub fn tracepoint_arg_is_pointer(
+        &self,
+        tracepoint: &str,
+        arg: usize,
+    ) -> Result<bool, BtfError> {
+        let name = format!("btf_trace_{tracepoint}");
+        let typedef = self
+            .types
+            .iter()
+            .find(|r| r.kind == KIND_TYPEDEF && self.string(r.name_off).is_ok_and(|n| n == name))
+            .ok_or_else(|| BtfError::NoTracepoint(tracepoint.to_owned()))?;
+        let pointer = self.rec(self.strip(typedef.size_or_type)?)?;
+        if pointer.kind != KIND_PTR {
+            return Err(BtfError::Malformed("tracepoint typedef is not a pointer"));
+        }
+        let proto = self.rec(self.strip(pointer.size_or_type)?)?;
+        if proto.kind != KIND_FUNC_PROTO || arg + 1 >= proto.vlen as usize {
+            return Err(BtfError::Malformed(
+                "tracepoint prototype without that argument",
+            ));
+        }
+        // Parameters are (name_off, type) pairs; the first is the context.
+        let param_type = u32_at(&self.type_section, proto.data + 8 * (arg + 1) + 4)?;
+        Ok(self.rec(self.strip(param_type)?)?.kind == KIND_PTR)
+    }
+
     /// Byte offset of `strukt.member`, checking that the member is `size` bytes wide.
     pub fn offset_of(&self, strukt: &str, member: &str, size: u32) -> Result<u32, BtfError> {
         let m = self.member(strukt, member)?;
@@ -369,5 +401,12 @@ mod tests {
         };
         assert_eq!(btf.member("task_struct", "pid").unwrap().size, 4);
         assert_eq!(btf.member("kernfs_node", "id").unwrap().size, 8);
+        // sched_switch(bool preempt, struct task_struct *prev, ...)
+        assert!(!btf.tracepoint_arg_is_pointer("sched_switch", 0).unwrap());
+        assert!(btf.tracepoint_arg_is_pointer("sched_switch", 1).unwrap());
+        assert!(btf.tracepoint_arg_is_pointer("sched_switch", 9).is_err());
+        assert!(btf
+            .tracepoint_arg_is_pointer("no_such_tracepoint", 0)
+            .is_err());
     }
 }

@@ -136,7 +136,9 @@ pub struct CpuSample {
 /// `pgfault`, `pgmajfault`, `workingset_*` and `events` are deltas over the window.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemorySample {
-    pub current_bytes: u64,
+    /// `null` where the memory controller is not enabled (then only `oom_kills` is
+    /// set, from the oom probe).
+    pub current_bytes: Option<u64>,
     /// `current - inactive_file`, as cAdvisor's container_memory_working_set_bytes.
     pub working_set_bytes: Option<u64>,
     pub anon_bytes: Option<u64>,
@@ -166,6 +168,29 @@ pub struct MemorySample {
     pub workingset_restore_file: Option<u64>,
     pub workingset_nodereclaim: Option<u64>,
     pub events: Option<MemoryEventsSample>,
+    /// OOM kills in the window in this cgroup and below (as `memory.events`
+    /// `oom_kill` counts them), from the oom probe; `null` when it is not attached.
+    pub oom_kills: Option<OomKillsSample>,
+}
+
+/// OOM kills in a window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OomKillsSample {
+    pub count: u64,
+    /// The first [`MAX_OOM_VICTIMS`] victims, oldest first.
+    pub victims: Vec<OomVictimSample>,
+}
+
+/// Victims listed per cgroup and window; `count` has them all.
+pub const MAX_OOM_VICTIMS: usize = 16;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OomVictimSample {
+    pub pid: u32,
+    /// The victim's `comm` (up to 15 bytes, control characters replaced).
+    pub command: String,
+    /// Id of the victim's own cgroup (a descendant, for a parent's sample).
+    pub cgroup_id: u64,
 }
 
 /// `memory.events` deltas over the window.

@@ -25,7 +25,10 @@ use crate::{
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
-    sample::{CgroupSample, ContainerSample, CpuSample, Host, PressureSample, Snapshot, SCHEMA},
+    sample::{
+        CgroupSample, ContainerSample, CpuSample, Host, MemorySample, PressureSample, Snapshot,
+        SCHEMA,
+    },
     window,
 };
 
@@ -148,7 +151,7 @@ impl Sampler {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
-        self.kernel.read(&self.probes);
+        self.kernel.read(&mut self.probes);
         if let Err(e) = cgroup::tree::walk(&self.root, &mut self.dirs) {
             log::warn!("cannot walk {}: {e}", self.root.display());
         }
@@ -330,6 +333,12 @@ fn probe_results(
     }
     if probes.blockio.is_ok() {
         window::block_io(&mut sample.io, &window.io, seconds, devices);
+    }
+    if probes.oom.is_ok() {
+        // Also where the memory controller is not enabled (hybrid host): then the
+        // memory object holds only this.
+        let memory = sample.memory.get_or_insert_with(MemorySample::default);
+        memory.oom_kills = Some(window::oom_kills(&window.oom));
     }
 }
 

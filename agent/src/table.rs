@@ -63,7 +63,9 @@ pub fn render(snapshot: &Snapshot) -> String {
             _ => dash(),
         };
         let mem = c.memory.as_ref().map_or_else(dash, |m| {
-            bytes(m.working_set_bytes.unwrap_or(m.current_bytes))
+            m.working_set_bytes
+                .or(m.current_bytes)
+                .map_or_else(|| "-".into(), bytes)
         });
         let (count, sum, p50, p99) = match &c.cpu.runq_latency {
             Some(r) => (

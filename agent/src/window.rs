@@ -13,10 +13,11 @@ use crate::{
         stats::{CgroupStats, MemoryStats},
     },
     histogram::{LatencySummary, LatencyWindow},
-    probes::window::IoWindow,
+    probes::{oom::OomKill, window::IoWindow},
     sample::{
         Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,
-        PerOperation, PidsSample, PressureSample, PressureWindow,
+        OomKillsSample, OomVictimSample, PerOperation, PidsSample, PressureSample, PressureWindow,
+        MAX_OOM_VICTIMS,
     },
 };
 
@@ -63,7 +64,7 @@ pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
         }
     });
     MemorySample {
-        current_bytes: now.current,
+        current_bytes: Some(now.current),
         working_set_bytes: now.stat.map(|s| working_set(now.current, &s)),
         anon_bytes: stat.anon,
         file_bytes: stat.file,
@@ -98,6 +99,7 @@ pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
         workingset_restore_file: delta(stat.workingset_restore_file, was.workingset_restore_file),
         workingset_nodereclaim: delta(stat.workingset_nodereclaim, was.workingset_nodereclaim),
         events,
+        oom_kills: None, // set by the oom probe
     }
 }
 
@@ -159,6 +161,22 @@ pub fn block_io(
         d.completed.get_or_insert_with(Default::default);
         d.latency.get_or_insert_with(empty_latencies);
         d.device_latency.get_or_insert_with(empty_latencies);
+    }
+}
+
+/// The oom probe's kills of one window, as the snapshot shows them.
+pub fn oom_kills(kills: &[OomKill]) -> OomKillsSample {
+    OomKillsSample {
+        count: kills.len() as u64,
+        victims: kills
+            .iter()
+            .take(MAX_OOM_VICTIMS)
+            .map(|k| OomVictimSample {
+                pid: k.pid,
+                command: k.command.clone(),
+                cgroup_id: k.cgroup_id,
+            })
+            .collect(),
     }
 }
 

@@ -98,6 +98,14 @@ fn memory_max_kills_a_memory_hog() {
     assert!(memory
         .peak_bytes
         .is_some_and(|p| (LIMIT * 9 / 10..=LIMIT).contains(&p)));
+
+    // The oom probe saw the same kill, with its victim.
+    let kills = memory.oom_kills.as_ref().expect("oom probe attached");
+    eprintln!("oom probe: {kills:?}");
+    assert_eq!(Some(kills.count), events.oom_kill, "probe vs memory.events");
+    let victim = &kills.victims[0];
+    assert_eq!(victim.pid as i32, hog.as_raw());
+    assert_eq!(victim.command, common::HOG_COMMAND.to_str().unwrap());
 }
 
 #[test]

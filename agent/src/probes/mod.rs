@@ -3,6 +3,7 @@
 //! attach is reported with the exact reason; the others keep working.
 
 pub mod blockio;
+pub mod oom;
 pub mod runq;
 pub mod window;
 
@@ -89,6 +90,7 @@ pub struct Probes {
     _ebpf: Option<Ebpf>,
     pub runq: Result<runq::Runq, ProbeError>,
     pub blockio: Result<blockio::Blockio, ProbeError>,
+    pub oom: Result<oom::Oom, ProbeError>,
 }
 
 /// Loads the tp_btf programs `(program, tracepoint)` and attaches them; on failure,
@@ -163,11 +165,21 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
         css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp", 8)?,
         cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
         kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
+        task_tgid: btf.offset_of("task_struct", "tgid", 4)?,
+        task_comm: btf.offset_of("task_struct", "comm", 16)?,
     })
 }
 
-/// The loaded object, aya's parsed BTF, and whether the blockio fields were found.
-type Loaded = (Ebpf, aya::Btf, Result<(), BtfError>);
+/// What the probes learn from the kernel's BTF besides offsets.
+struct KernelFacts {
+    /// Whether the blockio fields were found (else why not).
+    blockio: Result<(), BtfError>,
+    /// Whether `mark_victim` passes the victim task (6.8+) rather than a pid.
+    oom_victim_is_task: bool,
+}
+
+/// The loaded object, aya's parsed BTF, and what else the BTF told.
+type Loaded = (Ebpf, aya::Btf, KernelFacts);
 
 fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     if EBPF_OBJECT.is_empty() {
@@ -191,7 +203,13 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         .map_max_entries("RUNQ_HIST", config.max_cgroups);
     blockio::size_maps(&mut loader, config, io_owner);
     let ebpf = loader.load(EBPF_OBJECT)?;
-    Ok((ebpf, btf, blockio.map(drop)))
+    let facts = KernelFacts {
+        blockio: blockio.map(drop),
+        oom_victim_is_task: ours
+            .tracepoint_arg_is_pointer("mark_victim", 0)
+            .unwrap_or(false),
+    };
+    Ok((ebpf, btf, facts))
 }
 
 impl Probes {
@@ -201,23 +219,26 @@ impl Probes {
     pub fn attach(config: &ProbeConfig, cgroup_root: Option<&Path>) -> Self {
         let io_owner = blockio::owner_mode(cgroup_root);
         match load(config, io_owner) {
-            Ok((mut ebpf, btf, blockio_fields)) => {
+            Ok((mut ebpf, btf, facts)) => {
                 let runq = runq::Runq::attach(&mut ebpf, &btf);
                 let blockio = blockio::Blockio::attach(
                     &mut ebpf,
                     &btf,
                     io_owner,
-                    blockio_fields.as_ref().map(|_| ()),
+                    facts.blockio.as_ref().map(|_| ()),
                 );
+                let oom = oom::Oom::attach(&mut ebpf, &btf, facts.oom_victim_is_task);
                 Self {
                     _ebpf: Some(ebpf),
                     runq,
                     blockio,
+                    oom,
                 }
             }
             Err(e) => Self {
                 _ebpf: None,
                 blockio: Err(ProbeError::Load(e.to_string())),
+                oom: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
             },
         }
@@ -246,6 +267,10 @@ impl Probes {
             match &self.blockio {
                 Ok(blockio) => blockio.status(),
                 Err(e) => failed(blockio::NAME, e),
+            },
+            match &self.oom {
+                Ok(oom) => oom.status(),
+                Err(e) => failed(oom::NAME, e),
             },
         ]
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use cgscope_common::blockio::IoKey;
 
-use super::{blockio::IoTotals, Probes};
+use super::{blockio::IoTotals, oom::OomKill, Probes};
 use crate::histogram::{LatencyTotals, LatencyWindow};
 
 /// One reading of every probe's map.
@@ -16,6 +16,8 @@ struct Reading {
     io: HashMap<IoKey, IoTotals>,
     /// `io`'s keys by cgroup id.
     io_keys: HashMap<u64, Vec<IoKey>>,
+    /// OOM kills since the previous reading (events, not counters).
+    oom: Vec<OomKill>,
 }
 
 impl Reading {
@@ -23,6 +25,7 @@ impl Reading {
         self.runq.clear();
         self.io.clear();
         self.io_keys.clear();
+        self.oom.clear();
     }
 }
 
@@ -67,6 +70,8 @@ pub struct ProbeWindow {
     pub runq: LatencyWindow,
     /// One entry per (disk, operation) with IO.
     pub io: Vec<IoWindow>,
+    /// Processes killed by the OOM killer.
+    pub oom: Vec<OomKill>,
 }
 
 impl ProbeWindow {
@@ -82,10 +87,13 @@ impl ProbeWindow {
                 None => self.io.push(theirs.clone()),
             }
         }
+        self.oom.extend_from_slice(&other.oom);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.runq.count() == 0 && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
+        self.runq.count() == 0
+            && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
+            && self.oom.is_empty()
     }
 }
 
@@ -99,7 +107,7 @@ pub struct ProbeReader {
 
 impl ProbeReader {
     /// Ends a window: this reading becomes the previous one, the maps are read anew.
-    pub fn read(&mut self, probes: &Probes) {
+    pub fn read(&mut self, probes: &mut Probes) {
         std::mem::swap(&mut self.now, &mut self.previous);
         self.now.clear();
         if let Ok(runq) = &probes.runq {
@@ -114,6 +122,9 @@ impl ProbeReader {
                     .or_default()
                     .push(*key);
             }
+        }
+        if let Ok(oom) = &mut probes.oom {
+            oom.read(&mut self.now.oom);
         }
     }
 
@@ -143,21 +154,23 @@ impl ProbeReader {
                 }
             })
             .collect();
+        let oom = self.now.oom.iter().filter(|k| k.cgroup_id == id);
         let window = ProbeWindow {
             runq: runq.unwrap_or_default(),
             io,
+            oom: oom.cloned().collect(),
         };
         (!window.is_empty()).then(|| Box::new(window))
     }
 
     /// Every cgroup id the probes hold data for.
     pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        let io = self
-            .now
-            .io_keys
-            .keys()
-            .filter(|id| !self.now.runq.contains_key(id));
-        self.now.runq.keys().chain(io).copied()
+        let mut ids: Vec<u64> = self.now.runq.keys().copied().collect();
+        ids.extend(self.now.io_keys.keys());
+        ids.extend(self.now.oom.iter().map(|k| k.cgroup_id));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
     }
 
     /// Deletes the kernel entries of removed cgroups: `dead` must be ids of this

@@ -386,9 +386,15 @@ impl TestCgroup {
     }
 }
 
-/// A child body that maps and touches memory until the kernel stops it.
+/// The command (`comm`) of [`eat_memory`]'s process.
+pub const HOG_COMMAND: &std::ffi::CStr = c"cgscope-hog";
+
+/// A child body that maps and touches memory until the kernel stops it; its
+/// command is [`HOG_COMMAND`].
 pub fn eat_memory() -> ! {
     const CHUNK: usize = 1 << 20;
+    // SAFETY: prctl with a NUL-terminated name: async-signal-safe.
+    unsafe { libc::prctl(libc::PR_SET_NAME, HOG_COMMAND.as_ptr()) };
     loop {
         // SAFETY: an anonymous private mapping, written only within its length.
         unsafe {

@@ -1,0 +1,34 @@
+//! OOM kills: what the `oom` program hands to the agent.
+
+/// Capacity of `OOM_VICTIMS`: kills between two reads of the agent (one window).
+pub const MAX_VICTIMS: u32 = 256;
+
+/// Counter slots of `OOM_DROPS`.
+pub mod drop {
+    /// `OOM_VICTIMS` was full: a kill was not reported.
+    pub const QUEUE_FULL: u32 = 0;
+    /// The victim's cgroup could not be read; reported for the root cgroup.
+    pub const CGROUP_UNREADABLE: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
+/// One process killed by the OOM killer, as queued in `OOM_VICTIMS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomVictim {
+    /// cgroup v2 id of the victim.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` at the kill.
+    pub time_ns: u64,
+    /// Process id (`tgid`) in the initial pid namespace.
+    pub pid: u32,
+    pub _pad: u32,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<OomVictim>() == 40);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data: repr(C), Copy, explicit padding, every bit pattern valid.
+unsafe impl aya::Pod for OomVictim {}

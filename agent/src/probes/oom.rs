@@ -1,0 +1,135 @@
+//! OOM kills per cgroup, with each victim's pid and command (kernel side:
+//! `agent-ebpf/src/oom.rs`). Requires fentry (BPF trampolines) and BTF.
+
+use aya::{
+    maps::{MapData, PerCpuArray, Queue},
+    programs::FEntry,
+    Ebpf,
+};
+use cgscope_common::oom::{drop, OomVictim};
+
+use super::{attach_all, counters, take_map, ProbeError};
+use crate::sample::ProbeStatus;
+
+pub const NAME: &str = "oom";
+
+/// tp_btf `mark_victim` where it passes the task, else fentry on the kill function.
+const TRACEPOINT: (&str, &str) = ("oom_mark_victim", "mark_victim");
+const FENTRY: (&str, &str) = ("oom_kill", "__oom_kill_process");
+
+/// Names of the `OOM_DROPS` slots, in slot order.
+const DROP_REASONS: [&str; drop::SLOTS as usize] = ["queue_full", "cgroup_unreadable"];
+
+/// One OOM kill, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomKill {
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub command: String,
+}
+
+impl From<&OomVictim> for OomKill {
+    fn from(v: &OomVictim) -> Self {
+        let end = v.comm.iter().position(|&b| b == 0).unwrap_or(v.comm.len());
+        // The command is the victim's own choice: keep it printable.
+        let command = String::from_utf8_lossy(&v.comm[..end])
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        Self {
+            cgroup_id: v.cgroup_id,
+            pid: v.pid,
+            command,
+        }
+    }
+}
+
+/// The attached probe and its maps.
+pub struct Oom {
+    victims: Queue<MapData, OomVictim>,
+    drops: PerCpuArray<MapData, u64>,
+    /// The hook attached, for `check`.
+    hook: &'static str,
+}
+
+impl Oom {
+    /// `victim_is_task`: whether this kernel's `mark_victim` passes the task (from
+    /// [`crate::btf::Btf::tracepoint_arg_is_pointer`]).
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        btf: &aya::Btf,
+        victim_is_task: bool,
+    ) -> Result<Self, ProbeError> {
+        let hook = if victim_is_task {
+            attach_all(ebpf, btf, &[TRACEPOINT])?;
+            "tp_btf mark_victim"
+        } else {
+            let (name, function) = FENTRY;
+            let program: &mut FEntry = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| ProbeError::program(name, function, e))?;
+            program
+                .load(function, btf)
+                .map_err(|e| ProbeError::program(name, function, e))?;
+            program
+                .attach()
+                .map_err(|e| ProbeError::program(name, function, e))?;
+            "fentry __oom_kill_process"
+        };
+        Ok(Self {
+            victims: take_map(ebpf, "OOM_VICTIMS")?,
+            drops: take_map(ebpf, "OOM_DROPS")?,
+            hook,
+        })
+    }
+
+    /// Takes the kills queued since the last call, oldest first, into `out`.
+    pub fn read(&mut self, out: &mut Vec<OomKill>) {
+        out.clear();
+        while let Ok(victim) = self.victims.pop(0) {
+            out.push(OomKill::from(&victim));
+        }
+    }
+
+    pub fn status(&self) -> ProbeStatus {
+        ProbeStatus {
+            name: NAME,
+            attached: true,
+            error: None,
+            dropped: counters(&self.drops, &DROP_REASONS),
+            notes: vec![format!("kills seen at {}", self.hook)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_cut_at_nul_and_made_printable() {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"hog\x1b[m");
+        let kill = OomKill::from(&OomVictim {
+            cgroup_id: 7,
+            time_ns: 1,
+            pid: 42,
+            _pad: 0,
+            comm,
+        });
+        assert_eq!((kill.pid, kill.command.as_str()), (42, "hog?[m"));
+        let full = OomKill::from(&OomVictim {
+            comm: *b"abcdefghijklmnop",
+            ..OomVictim {
+                cgroup_id: 1,
+                time_ns: 0,
+                pid: 1,
+                _pad: 0,
+                comm: [0; 16],
+            }
+        });
+        assert_eq!(full.command, "abcdefghijklmnop");
+    }
+}
