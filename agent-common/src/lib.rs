@@ -16,3 +16,4 @@ pub mod blockio;
 pub mod histogram;
 pub mod oom;
 pub mod runq;
+pub mod tcp;

@@ -7,6 +7,7 @@ mod blockio;
 mod kernel;
 mod oom;
 mod runq;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

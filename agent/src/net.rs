@@ -6,6 +6,8 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt};
 
 use serde::Serialize;
 
+use crate::histogram::LatencySummary;
+
 /// One interface's counters from `/proc/<pid>/net/dev`:
 ///
 /// ```text
@@ -199,23 +201,39 @@ impl NetnsCounters {
             })
             .collect();
         NetworkSample {
-            netns: 0,
+            netns: None,
             interfaces,
-            tcp: self.tcp.since(&before.tcp),
-            udp: self.udp.since(&before.udp),
+            tcp: Some(self.tcp.since(&before.tcp)),
+            udp: Some(self.udp.since(&before.udp)),
+            ..NetworkSample::default()
         }
     }
 }
 
-/// A network namespace's traffic in the window: every counter is a delta, except
-/// `tcp.curr_estab` (a gauge).
+/// A cgroup's network in the window. Two sources:
+/// - the network namespace the cgroup owns (a pod, or a container outside any pod):
+///   `netns`, `interfaces`, `tcp`, `udp`, namespace-wide, every counter a delta
+///   except `tcp.curr_estab` (a gauge); `null`/empty for a cgroup that owns none;
+/// - the tcp probe, for the sockets of this cgroup and its descendants in any
+///   namespace: the `tcp_*` fields (deltas, histograms of the window); `null` when
+///   the probe is not attached.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetworkSample {
     /// Inode of the network namespace (`/proc/<pid>/ns/net`).
-    pub netns: u64,
+    pub netns: Option<u64>,
     pub interfaces: Vec<Interface>,
-    pub tcp: Tcp,
-    pub udp: Udp,
+    pub tcp: Option<Tcp>,
+    pub udp: Option<Udp>,
+    /// Smoothed RTT, one sample per socket per second.
+    pub tcp_rtt: Option<LatencySummary>,
+    /// Active opens, SYN sent to established.
+    pub tcp_connect_latency: Option<LatencySummary>,
+    /// Active opens that failed (SYN-SENT back to CLOSE: refused, timed out).
+    pub tcp_connect_failures: Option<u64>,
+    /// Retransmitted segments.
+    pub tcp_retransmits: Option<u64>,
+    pub tcp_resets_sent: Option<u64>,
+    pub tcp_resets_received: Option<u64>,
 }
 
 /// Inode of the network namespace `pid` is in.
@@ -267,7 +285,7 @@ impl NetnsReader {
             match NetnsCounters::read(pid, &mut self.text) {
                 Ok(counters) => {
                     let mut sample = counters.since(self.previous.get(&netns));
-                    sample.netns = netns;
+                    sample.netns = Some(netns);
                     out.insert(netns, sample);
                     now.insert(netns, counters);
                 }

@@ -20,7 +20,7 @@ use crate::{
     histogram::LatencySummary,
     host::{HostReader, HostSample},
     metadata::{Metadata, MetadataConfig},
-    net::NetnsReader,
+    net::{NetnsReader, NetworkSample},
     probes::{
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
@@ -333,6 +333,10 @@ fn probe_results(
     }
     if probes.blockio.is_ok() {
         window::block_io(&mut sample.io, &window.io, seconds, devices);
+    }
+    if probes.tcp.is_ok() {
+        let network = sample.network.get_or_insert_with(NetworkSample::default);
+        window::tcp(network, &window.tcp);
     }
     if probes.oom.is_ok() {
         // Also where the memory controller is not enabled (hybrid host): then the

@@ -13,7 +13,11 @@ use crate::{
         stats::{CgroupStats, MemoryStats},
     },
     histogram::{LatencySummary, LatencyWindow},
-    probes::{oom::OomKill, window::IoWindow},
+    net::NetworkSample,
+    probes::{
+        oom::OomKill,
+        window::{IoWindow, TcpWindow},
+    },
     sample::{
         Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,
         OomKillsSample, OomVictimSample, PerOperation, PidsSample, PressureSample, PressureWindow,
@@ -162,6 +166,16 @@ pub fn block_io(
         d.latency.get_or_insert_with(empty_latencies);
         d.device_latency.get_or_insert_with(empty_latencies);
     }
+}
+
+/// The tcp probe's window, into a cgroup's network sample.
+pub fn tcp(network: &mut NetworkSample, tcp: &TcpWindow) {
+    network.tcp_rtt = Some(LatencySummary::from(&tcp.rtt));
+    network.tcp_connect_latency = Some(LatencySummary::from(&tcp.connect));
+    network.tcp_connect_failures = Some(tcp.connect_failures);
+    network.tcp_retransmits = Some(tcp.retransmits);
+    network.tcp_resets_sent = Some(tcp.resets_sent);
+    network.tcp_resets_received = Some(tcp.resets_received);
 }
 
 /// The oom probe's kills of one window, as the snapshot shows them.

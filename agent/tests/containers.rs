@@ -99,9 +99,12 @@ fn kubepods_container_identity_stats_and_network() {
     assert!(c.pressure.cpu.is_some(), "PSI present");
 
     // Network: owned by the pod, read in the pod's namespace.
-    assert!(c.network.is_none(), "containers share their pod's network");
+    assert!(
+        c.network.as_ref().is_none_or(|n| n.netns.is_none()),
+        "containers share their pod's network namespace"
+    );
     let net = p.network.as_ref().expect("pod network");
-    assert_eq!(net.netns, netns.inode());
+    assert_eq!(net.netns, Some(netns.inode()));
     let veth = net
         .interfaces
         .iter()
@@ -114,7 +117,7 @@ fn kubepods_container_identity_stats_and_network() {
     );
     assert!(veth.rx_packets >= DATAGRAMS + CONNECTS && veth.rx_packets < DATAGRAMS + CONNECTS + 20);
     assert!(veth.rx_bytes >= wire && veth.rx_bytes < wire + 4096);
-    assert_eq!(net.udp.no_ports, Some(DATAGRAMS));
-    let rsts = net.tcp.out_rsts.expect("OutRsts");
+    assert_eq!(net.udp.as_ref().expect("udp").no_ports, Some(DATAGRAMS));
+    let rsts = net.tcp.as_ref().expect("tcp").out_rsts.expect("OutRsts");
     assert!((CONNECTS..CONNECTS + 3).contains(&rsts), "OutRsts {rsts}");
 }

@@ -5,6 +5,7 @@
 pub mod blockio;
 pub mod oom;
 pub mod runq;
+pub mod tcp;
 pub mod window;
 
 use std::{collections::BTreeMap, path::Path};
@@ -14,7 +15,7 @@ use aya::{
     programs::BtfTracePoint,
     Ebpf, EbpfLoader,
 };
-use cgscope_common::{blockio::BlockioConfig, runq::TaskOffsets};
+use cgscope_common::{blockio::BlockioConfig, runq::TaskOffsets, tcp::TcpConfig};
 
 use crate::{btf::BtfError, sample::ProbeStatus};
 
@@ -91,6 +92,7 @@ pub struct Probes {
     pub runq: Result<runq::Runq, ProbeError>,
     pub blockio: Result<blockio::Blockio, ProbeError>,
     pub oom: Result<oom::Oom, ProbeError>,
+    pub tcp: Result<tcp::Tcp, ProbeError>,
 }
 
 /// Loads the tp_btf programs `(program, tracepoint)` and attaches them; on failure,
@@ -176,6 +178,8 @@ struct KernelFacts {
     blockio: Result<(), BtfError>,
     /// Whether `mark_victim` passes the victim task (6.8+) rather than a pid.
     oom_victim_is_task: bool,
+    /// Whether the tcp fields were found (else why not).
+    tcp: Result<(), BtfError>,
 }
 
 /// The loaded object, aya's parsed BTF, and what else the BTF told.
@@ -194,13 +198,17 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     // blockio programs then fail to load, with this error.
     let blockio = blockio::config(&ours, io_owner);
     let btf = aya::Btf::parse(&data, aya::Endianness::default())?;
+    let tcp = tcp::config(&ours);
     let unused = BlockioConfig::default();
+    let unused_tcp = TcpConfig::default();
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global("TASK_OFFSETS", &offsets, true)
         .override_global("BLOCKIO_CONFIG", blockio.as_ref().unwrap_or(&unused), true)
+        .override_global("TCP_CONFIG", tcp.as_ref().unwrap_or(&unused_tcp), true)
         .map_max_entries("RUNQ_HIST", config.max_cgroups);
+    tcp::size_maps(&mut loader, config);
     blockio::size_maps(&mut loader, config, io_owner);
     let ebpf = loader.load(EBPF_OBJECT)?;
     let facts = KernelFacts {
@@ -208,6 +216,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         oom_victim_is_task: ours
             .tracepoint_arg_is_pointer("mark_victim", 0)
             .unwrap_or(false),
+        tcp: tcp.map(drop),
     };
     Ok((ebpf, btf, facts))
 }
@@ -228,17 +237,20 @@ impl Probes {
                     facts.blockio.as_ref().map(|_| ()),
                 );
                 let oom = oom::Oom::attach(&mut ebpf, &btf, facts.oom_victim_is_task);
+                let tcp = tcp::Tcp::attach(&mut ebpf, &btf, facts.tcp.as_ref().map(|_| ()));
                 Self {
                     _ebpf: Some(ebpf),
                     runq,
                     blockio,
                     oom,
+                    tcp,
                 }
             }
             Err(e) => Self {
                 _ebpf: None,
                 blockio: Err(ProbeError::Load(e.to_string())),
                 oom: Err(ProbeError::Load(e.to_string())),
+                tcp: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
             },
         }
@@ -271,6 +283,10 @@ impl Probes {
             match &self.oom {
                 Ok(oom) => oom.status(),
                 Err(e) => failed(oom::NAME, e),
+            },
+            match &self.tcp {
+                Ok(tcp) => tcp.status(),
+                Err(e) => failed(tcp::NAME, e),
             },
         ]
     }

@@ -6,7 +6,12 @@ use std::collections::HashMap;
 
 use cgscope_common::blockio::IoKey;
 
-use super::{blockio::IoTotals, oom::OomKill, Probes};
+use super::{
+    blockio::IoTotals,
+    oom::OomKill,
+    tcp::{TcpKey, TcpTotals},
+    Probes,
+};
 use crate::histogram::{LatencyTotals, LatencyWindow};
 
 /// One reading of every probe's map.
@@ -18,6 +23,9 @@ struct Reading {
     io_keys: HashMap<u64, Vec<IoKey>>,
     /// OOM kills since the previous reading (events, not counters).
     oom: Vec<OomKill>,
+    tcp: HashMap<TcpKey, TcpTotals>,
+    /// `tcp`'s keys by cgroup id.
+    tcp_keys: HashMap<u64, Vec<TcpKey>>,
 }
 
 impl Reading {
@@ -26,6 +34,8 @@ impl Reading {
         self.io.clear();
         self.io_keys.clear();
         self.oom.clear();
+        self.tcp.clear();
+        self.tcp_keys.clear();
     }
 }
 
@@ -72,6 +82,47 @@ pub struct ProbeWindow {
     pub io: Vec<IoWindow>,
     /// Processes killed by the OOM killer.
     pub oom: Vec<OomKill>,
+    /// TCP, summed over the cgroup's network namespaces.
+    pub tcp: TcpWindow,
+}
+
+/// TCP of one cgroup in a window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TcpWindow {
+    pub rtt: LatencyWindow,
+    pub connect: LatencyWindow,
+    pub connect_failures: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+impl TcpWindow {
+    fn add(&mut self, other: &Self) {
+        self.rtt.add(&other.rtt);
+        self.connect.add(&other.connect);
+        self.connect_failures += other.connect_failures;
+        self.retransmits += other.retransmits;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `now - before` of one (cgroup, netns).
+    fn since(now: &TcpTotals, before: Option<&TcpTotals>) -> Self {
+        let d = |f: fn(&TcpTotals) -> u64| f(now).wrapping_sub(before.map_or(0, f));
+        Self {
+            rtt: now.rtt.since(before.map(|b| &b.rtt)),
+            connect: now.connect.since(before.map(|b| &b.connect)),
+            connect_failures: d(|t| t.connect_failures),
+            retransmits: d(|t| t.retransmits),
+            resets_sent: d(|t| t.resets_sent),
+            resets_received: d(|t| t.resets_received),
+        }
+    }
 }
 
 impl ProbeWindow {
@@ -88,12 +139,14 @@ impl ProbeWindow {
             }
         }
         self.oom.extend_from_slice(&other.oom);
+        self.tcp.add(&other.tcp);
     }
 
     pub fn is_empty(&self) -> bool {
         self.runq.count() == 0
             && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
             && self.oom.is_empty()
+            && self.tcp.is_empty()
     }
 }
 
@@ -103,6 +156,17 @@ impl ProbeWindow {
 pub struct ProbeReader {
     now: Reading,
     previous: Reading,
+}
+
+/// Groups map keys by the cgroup they belong to.
+fn index_by_cgroup<'a, K: Copy + 'a>(
+    keys: impl Iterator<Item = &'a K>,
+    cgroup_of: fn(&K) -> u64,
+    out: &mut HashMap<u64, Vec<K>>,
+) {
+    for key in keys {
+        out.entry(cgroup_of(key)).or_default().push(*key);
+    }
 }
 
 impl ProbeReader {
@@ -115,16 +179,14 @@ impl ProbeReader {
         }
         if let Ok(blockio) = &probes.blockio {
             blockio.read(&mut self.now.io);
-            for key in self.now.io.keys() {
-                self.now
-                    .io_keys
-                    .entry(key.cgroup_id)
-                    .or_default()
-                    .push(*key);
-            }
+            index_by_cgroup(self.now.io.keys(), |k| k.cgroup_id, &mut self.now.io_keys);
         }
         if let Ok(oom) = &mut probes.oom {
             oom.read(&mut self.now.oom);
+        }
+        if let Ok(tcp) = &probes.tcp {
+            tcp.read(&mut self.now.tcp);
+            index_by_cgroup(self.now.tcp.keys(), |k| k.cgroup_id, &mut self.now.tcp_keys);
         }
     }
 
@@ -155,10 +217,18 @@ impl ProbeReader {
             })
             .collect();
         let oom = self.now.oom.iter().filter(|k| k.cgroup_id == id);
+        let mut tcp = TcpWindow::default();
+        for key in self.now.tcp_keys.get(&id).into_iter().flatten() {
+            tcp.add(&TcpWindow::since(
+                &self.now.tcp[key],
+                self.previous.tcp.get(key),
+            ));
+        }
         let window = ProbeWindow {
             runq: runq.unwrap_or_default(),
             io,
             oom: oom.cloned().collect(),
+            tcp,
         };
         (!window.is_empty()).then(|| Box::new(window))
     }
@@ -168,6 +238,7 @@ impl ProbeReader {
         let mut ids: Vec<u64> = self.now.runq.keys().copied().collect();
         ids.extend(self.now.io_keys.keys());
         ids.extend(self.now.oom.iter().map(|k| k.cgroup_id));
+        ids.extend(self.now.tcp_keys.keys());
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter()
@@ -183,6 +254,13 @@ impl ProbeReader {
             blockio.forget(
                 dead.iter()
                     .filter_map(|id| self.now.io_keys.get(id))
+                    .flatten(),
+            );
+        }
+        if let Ok(tcp) = &mut probes.tcp {
+            tcp.forget(
+                dead.iter()
+                    .filter_map(|id| self.now.tcp_keys.get(id))
                     .flatten(),
             );
         }

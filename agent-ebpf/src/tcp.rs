@@ -1,0 +1,220 @@
+//! TCP per cgroup and network namespace: smoothed-RTT samples, connect latency and
+//! failures of active opens, retransmitted segments, resets. Stable tracepoints
+//! through tp_btf only (no kprobes, no trampolines):
+//! - `inet_sock_set_state(sk, oldstate, newstate)`: CLOSE → SYN-SENT starts a
+//!   connect, SYN-SENT → ESTABLISHED ends it (its latency), SYN-SENT → CLOSE fails it.
+//! - `tcp_probe(sk, skb)`: every segment received on an established socket. RTT
+//!   sample policy: one sample of `srtt` per socket per second. Sampling every
+//!   segment would weight connections by their packet rate (one bulk transfer
+//!   would be the whole histogram) and cost a histogram update per packet; per
+//!   socket and interval, each connection counts by how long it lives, and a packet
+//!   costs one hash lookup.
+//! - `tcp_retransmit_skb(sk, skb, ...)`, `tcp_send_reset(sk, skb, ...)` (`sk` may be
+//!   NULL: a reset for no socket is not attributed), `tcp_receive_reset(sk)`.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::BtfTracePointContext,
+};
+use cgscope_common::{
+    histogram::{atomic_add_u64, record_shared},
+    tcp::{
+        event, TcpConfig, TcpKey, TcpStats, DEFAULT_MAX_KEYS, MAX_SOCKETS, RTT_SAMPLE_INTERVAL_NS,
+    },
+};
+
+use crate::kernel::load;
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+const ROOT_CGROUP_ID: u64 = 1;
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+#[unsafe(no_mangle)]
+static TCP_CONFIG: TcpConfig = TcpConfig {
+    sock_protocol: 0,
+    sock_net: 0,
+    net_inum: 0,
+    sock_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    tcp_srtt_us: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn config() -> TcpConfig {
+    // SAFETY: a plain read of an initialised static; volatile so that the compiler
+    // does not fold the zero initialiser: the loader rewrites the value.
+    unsafe { core::ptr::read_volatile(&TCP_CONFIG) }
+}
+
+/// Per (cgroup, netns), shared by all CPUs (atomic adds).
+#[map]
+static TCP_STATS: HashMap<TcpKey, TcpStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_KEYS, BPF_F_NO_PREALLOC);
+
+#[map]
+static TCP_ZERO: Array<TcpStats> = Array::with_max_entries(1, 0);
+
+/// Active opens in SYN-SENT: when they started, by socket.
+#[map]
+static TCP_CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// When each socket's RTT was last sampled.
+#[map]
+static TCP_RTT_SAMPLED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+#[map]
+static TCP_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::SLOTS, 0);
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    let cfg = config();
+    if load::<u16>(sk, cfg.sock_protocol) != IPPROTO_TCP {
+        return 0;
+    }
+    let key = sk as u64;
+    match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            // LRU: never full; the oldest stale entry makes room.
+            let _ = TCP_CONNECTING.insert(&key, &now_ns(), 0);
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            // SAFETY: the value is copied out before the entry is removed.
+            let started = unsafe { TCP_CONNECTING.get(&key) }.copied();
+            let _ = TCP_CONNECTING.remove(&key);
+            match (started, stats(sk, &cfg)) {
+                (Some(started), Some(stats)) => {
+                    // SAFETY: a live shared map value, updated atomically only.
+                    unsafe {
+                        record_shared(&raw mut (*stats).connect, now_ns().saturating_sub(started))
+                    };
+                }
+                (None, _) => count(event::CONNECT_START_MISSING),
+                _ => {}
+            }
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let _ = TCP_CONNECTING.remove(&key);
+            if let Some(stats) = stats(sk, &cfg) {
+                // SAFETY: as above.
+                unsafe { atomic_add_u64(&raw mut (*stats).connect_failures, 1) };
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let key = sk as u64;
+    let now = now_ns();
+    // SAFETY: the value is read, then updated in place through the map's pointer.
+    match TCP_RTT_SAMPLED.get_ptr_mut(&key) {
+        Some(last) if now.saturating_sub(unsafe { *last }) < RTT_SAMPLE_INTERVAL_NS => return 0,
+        Some(last) => unsafe { *last = now },
+        None => {
+            let _ = TCP_RTT_SAMPLED.insert(&key, &now, 0);
+        }
+    }
+    let cfg = config();
+    // SAFETY: the helper checks the socket type; NULL if it is not a tcp_sock.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    let srtt_us = u64::from(load::<u32>(tp, cfg.tcp_srtt_us) >> 3);
+    if srtt_us == 0 {
+        return 0; // no RTT measured yet
+    }
+    if let Some(stats) = stats(sk, &cfg) {
+        // SAFETY: a live shared map value, updated atomically only.
+        unsafe { record_shared(&raw mut (*stats).rtt, srtt_us * 1000) };
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
+    add(ctx.arg(0), |s| &raw mut s.retransmits);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    add(ctx.arg(0), |s| &raw mut s.resets_sent);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    add(ctx.arg(0), |s| &raw mut s.resets_received);
+    0
+}
+
+/// Adds one to the counter `field` selects in `sk`'s entry; nothing for no socket.
+#[inline(always)]
+fn add(sk: *const u8, field: impl FnOnce(&mut TcpStats) -> *mut u64) {
+    if sk.is_null() {
+        return;
+    }
+    if let Some(stats) = stats(sk, &config()) {
+        // SAFETY: a live shared map value, its counters updated atomically only.
+        unsafe { atomic_add_u64(field(&mut *stats), 1) };
+    }
+}
+
+/// The entry of `sk`'s (cgroup, netns), created if needed; `None` if the map is full.
+#[inline(always)]
+fn stats(sk: *const u8, cfg: &TcpConfig) -> Option<*mut TcpStats> {
+    let cgroup = load::<*const u8>(sk, cfg.sock_cgroup);
+    let kn = load::<*const u8>(cgroup, cfg.cgroup_kn);
+    let cgroup_id = match load::<u64>(kn, cfg.kernfs_node_id) {
+        0 => {
+            count(event::CGROUP_UNREADABLE);
+            ROOT_CGROUP_ID
+        }
+        id => id,
+    };
+    let net = load::<*const u8>(sk, cfg.sock_net);
+    let key = TcpKey {
+        cgroup_id,
+        netns: load::<u32>(net, cfg.net_inum),
+        _pad: 0,
+    };
+    if let Some(stats) = TCP_STATS.get_ptr_mut(&key) {
+        return Some(stats);
+    }
+    let zero = TCP_ZERO.get(0)?;
+    // EEXIST means another CPU created it first: fine.
+    let _ = TCP_STATS.insert(&key, zero, u64::from(BPF_NOEXIST));
+    let stats = TCP_STATS.get_ptr_mut(&key);
+    if stats.is_none() {
+        count(event::STATS_FULL);
+    }
+    stats
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(counter) = TCP_EVENTS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { *counter += 1 };
+    }
+}
