@@ -185,7 +185,7 @@ fn init_script(tests: &[PathBuf]) -> String {
     format!(
         r#"#!/bin/busybox sh
 # The initramfs root is writable: no tmpfs, which would hide binaries built under /tmp.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 mount -t sysfs sysfs /sys
@@ -227,12 +227,19 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
     for lib in &libraries {
         install(&root, lib)?;
     }
-    // fio for the io.max test, with its libraries.
-    let fio = Path::new("/usr/bin/fio");
-    if fio.exists() {
-        let dst = install(&root, fio)?;
+    // Real tools the tests drive, with their libraries, where busybox's applets
+    // fall short: fio (io tests), iproute2's ip (`ip netns`) and tc (netem). At the
+    // paths busybox would link its applets to, so that these win.
+    for (tool, at) in TOOLS {
+        let tool = Path::new(tool);
+        if !tool.exists() {
+            continue;
+        }
+        let dst = root.join(at.trim_start_matches('/'));
+        fs::create_dir_all(dst.parent().expect("tool path has a parent"))?;
+        fs::copy(tool, &dst).with_context(|| format!("copy {}", tool.display()))?;
         cmd::run(Command::new("strip").arg("--strip-debug").arg(&dst))?;
-        for lib in shared_libraries(fio)? {
+        for lib in shared_libraries(tool)? {
             install(&root, &lib)?;
         }
     }
@@ -261,7 +268,14 @@ fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 /// Kernel modules the tests use, loaded by init if present.
-const MODULES: [&str; 1] = ["null_blk"];
+const MODULES: [&str; 3] = ["null_blk", "veth", "sch_netem"];
+
+/// Host tools copied into the initramfs: (source, path in the VM).
+const TOOLS: [(&str, &str); 3] = [
+    ("/usr/bin/fio", "/usr/bin/fio"),
+    ("/usr/bin/ip", "/sbin/ip"),
+    ("/usr/sbin/tc", "/sbin/tc"),
+];
 
 /// Copies `module` (decompressed) and, first, the modules it depends on (modinfo's
 /// `depends=`) into `dst_dir`, appending each to `order` once, dependencies first.

@@ -214,6 +214,8 @@ pub struct TestNetns {
     pub host_ip: std::net::Ipv4Addr,
     pub ns_ip: std::net::Ipv4Addr,
     pub ns_if: String,
+    /// The host's end of the veth pair.
+    pub host_if: String,
     /// Open handle for `setns` in children.
     pub file: std::fs::File,
 }
@@ -240,6 +242,7 @@ impl TestNetns {
             host_ip,
             ns_ip,
             ns_if: ns_if.clone(),
+            host_if: host_if.clone(),
             file,
         };
         ip(&[
