@@ -32,12 +32,8 @@ fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
 #[test]
 fn kubepods_container_identity_stats_and_network() {
     require_root_and_cgroup_v2!();
-    let has_netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_netns {
-        eprintln!("skipped: no iproute2 `ip netns` to create a network namespace");
+    if let Some(reason) = common::netns_skip_reason() {
+        eprintln!("skipped: {reason}");
         return;
     }
     let mut tree = TestTree::create("k8s");

@@ -289,6 +289,15 @@ impl Drop for TestNetns {
     }
 }
 
+/// Why a test cannot create network namespaces here, or `None` if it can.
+pub fn netns_skip_reason() -> Option<&'static str> {
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!listed).then_some("no iproute2 `ip netns` to create a network namespace")
+}
+
 /// Why a test that needs these controllers enabled below the v2 root cannot run.
 pub fn missing_controllers(wanted: &[&str]) -> Option<String> {
     let enabled =
