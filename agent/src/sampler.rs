@@ -305,6 +305,12 @@ impl Sampler {
 
         self.previous = next;
         self.previous_at = now;
+        let mut probes = self.probes.status();
+        for (name, entries) in self.kernel.map_entries() {
+            if let Some(p) = probes.iter_mut().find(|p| p.name == name && p.attached) {
+                p.map_entries = Some(entries);
+            }
+        }
         self.host.window = self.host_reader.sample();
         Snapshot {
             schema: SCHEMA,
@@ -314,7 +320,7 @@ impl Sampler {
                 .unwrap_or(0.0),
             window_seconds: seconds,
             host: self.host.clone(),
-            probes: self.probes.status(),
+            probes,
             cgroups,
         }
     }

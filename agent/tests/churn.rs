@@ -79,3 +79,77 @@ fn a_thousand_containers_come_and_go_while_scanning() {
         "RSS grew from {baseline} to {after} KiB"
     );
 }
+
+/// Where the short-lived containers connect; set before they are forked.
+static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A container's whole life: wait to be moved into its cgroup, open a TCP
+/// connection (runq and tcp map entries for its cgroup), exit.
+fn short_life() -> ! {
+    std::thread::sleep(Duration::from_millis(2));
+    let port = PORT.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port));
+    // SAFETY: exits the forked child without running the parent's destructors.
+    unsafe { libc::_exit(0) }
+}
+
+#[test]
+fn ten_thousand_container_lives_leave_the_maps_at_baseline() {
+    use cgscope::sampler::{Sampler, SamplerConfig};
+    use nix::unistd::{fork, ForkResult};
+    require_root_and_cgroup_v2!();
+    const LIVES: usize = 10_000;
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).expect("listen");
+    PORT.store(
+        listener.local_addr().expect("addr").port(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let tree = TestTree::create("lives");
+    let mut sampler = Sampler::start(&SamplerConfig::default()).expect("sampler");
+    let entries = |sampler: &mut Sampler| -> Vec<(&'static str, Option<u64>)> {
+        let snapshot = sampler.sample(None);
+        snapshot
+            .probes
+            .iter()
+            .map(|p| (p.name, p.map_entries))
+            .collect()
+    };
+    // Two windows: the second shows what the first forgot.
+    entries(&mut sampler);
+    let baseline = entries(&mut sampler);
+    let mut peak = baseline.clone();
+    for life in 0..LIVES {
+        let dir = tree
+            .top
+            .dir
+            .join(format!("cri-containerd-{life:064x}.scope"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        // SAFETY: the child sleeps, connects and exits: syscalls only.
+        let pid = match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => short_life(),
+            ForkResult::Parent { child } => child,
+        };
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move");
+        nix::sys::wait::waitpid(pid, None).expect("wait");
+        assert!(common::remove_cgroup_dir(&dir), "rmdir {}", dir.display());
+        if life % 500 == 499 {
+            for (p, now) in peak.iter_mut().zip(entries(&mut sampler)) {
+                p.1 = p.1.max(now.1);
+            }
+        }
+    }
+    entries(&mut sampler);
+    let after = entries(&mut sampler);
+    eprintln!("map entries: baseline {baseline:?}, peak {peak:?}, after {after:?}");
+    for ((name, before), (_, now)) in baseline.iter().zip(&after) {
+        // Live cgroups may gain a few entries meanwhile (the test's own accepted
+        // sockets, the host writing to disk); a leak would be thousands.
+        assert!(
+            now.unwrap_or(0) <= before.unwrap_or(0) + 5,
+            "{name}: {now:?} entries after {LIVES} container lives, {before:?} before"
+        );
+    }
+    let grown = peak.iter().zip(&baseline).any(|(p, b)| p.1 > b.1);
+    assert!(grown, "the lives created map entries at all");
+}

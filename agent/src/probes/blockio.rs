@@ -188,6 +188,7 @@ impl Blockio {
             error: None,
             dropped,
             notes,
+            map_entries: None,
         }
     }
 }

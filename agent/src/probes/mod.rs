@@ -264,6 +264,7 @@ impl Probes {
             error: Some(e.to_string()),
             dropped: Default::default(),
             notes: Vec::new(),
+            map_entries: None,
         };
         vec![
             match &self.runq {
@@ -273,6 +274,7 @@ impl Probes {
                     error: None,
                     dropped: runq.dropped(),
                     notes: Vec::new(),
+                    map_entries: None,
                 },
                 Err(e) => failed(runq::NAME, e),
             },

@@ -100,6 +100,7 @@ impl Oom {
             error: None,
             dropped: counters(&self.drops, &DROP_REASONS),
             notes: vec![format!("kills seen at {}", self.hook)],
+            map_entries: None,
         }
     }
 }

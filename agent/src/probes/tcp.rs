@@ -125,6 +125,7 @@ impl Tcp {
             error: None,
             dropped: counters(&self.events, &EVENTS),
             notes: vec!["RTT: one smoothed-RTT sample per socket per second".into()],
+            map_entries: None,
         }
     }
 }

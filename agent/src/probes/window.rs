@@ -190,6 +190,15 @@ impl ProbeReader {
         }
     }
 
+    /// Entries of each probe's per-cgroup map as last read, by probe name.
+    pub fn map_entries(&self) -> [(&'static str, u64); 3] {
+        [
+            (super::runq::NAME, self.now.runq.len() as u64),
+            (super::blockio::NAME, self.now.io.len() as u64),
+            (super::tcp::NAME, self.now.tcp.len() as u64),
+        ]
+    }
+
     /// What cgroup `id` itself recorded in the window; `None` if nothing.
     pub fn window(&self, id: u64) -> Option<Box<ProbeWindow>> {
         let runq = self

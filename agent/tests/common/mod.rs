@@ -101,7 +101,7 @@ fn reap(pids: &mut Vec<Pid>) {
 
 /// Removes an empty cgroup directory, retrying while the kernel still counts the
 /// exiting tasks in it. False if it is still there after a second.
-fn remove_cgroup_dir(dir: &std::path::Path) -> bool {
+pub fn remove_cgroup_dir(dir: &std::path::Path) -> bool {
     for _ in 0..50 {
         match std::fs::remove_dir(dir) {
             Ok(()) => return true,
