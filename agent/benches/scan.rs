@@ -183,7 +183,10 @@ fn main() {
     for n in sizes {
         let _cgroups = Cgroups::create(&root, n); // removed at the end of the round
         let config = SamplerConfig {
-            probes: ProbeConfig { max_cgroups: 8192 },
+            probes: ProbeConfig {
+                max_cgroups: 8192,
+                ..SamplerConfig::default().probes
+            },
             ..SamplerConfig::default()
         };
         let mut sampler = Sampler::start(&config).expect("sampler");

@@ -134,7 +134,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         || !report.btf
         || !report.psi
         || report.root_controllers.is_empty()
-        || report.probes.iter().any(|p| !p.attached);
+        || report.probes.iter().any(|p| p.error.is_some());
     report.exit_code = match (&report.fatal, degraded) {
         (Some(_), _) => 2,
         (None, true) => 1,
@@ -169,6 +169,7 @@ impl std::fmt::Display for CheckReport {
         }
         for p in &self.probes {
             match &p.error {
+                None if !p.attached => writeln!(f, "probe {:<11} not attached", p.name)?,
                 None => writeln!(f, "probe {:<11} attached", p.name)?,
                 Some(e) => writeln!(f, "probe {:<11} FAILED: {e}", p.name)?,
             }

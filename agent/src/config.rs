@@ -39,6 +39,11 @@ pub struct SamplingOptions {
     #[arg(long = "cri-socket", env = "CGSCOPE_CRI_SOCKETS", value_delimiter = ',',
           default_values = DEFAULT_CRI_SOCKETS, value_name = "PATH")]
     pub cri_sockets: Vec<PathBuf>,
+
+    /// The eBPF probes to attach; the others are reported as disabled.
+    #[arg(long, env = "CGSCOPE_PROBES", value_delimiter = ',', default_values = crate::probes::ALL,
+          value_parser = clap::builder::PossibleValuesParser::new(crate::probes::ALL))]
+    pub probes: Vec<String>,
 }
 
 impl SamplingOptions {
@@ -47,6 +52,7 @@ impl SamplingOptions {
             cgroup_root: self.cgroup_root.clone(),
             probes: ProbeConfig {
                 max_cgroups: self.max_cgroups,
+                enabled: self.probes.clone(),
             },
             metadata: MetadataConfig {
                 docker_sockets: self.docker_sockets.clone(),

@@ -51,7 +51,8 @@ pub struct Host {
 pub struct ProbeStatus {
     pub name: &'static str,
     pub attached: bool,
-    /// Why the probe is not attached.
+    /// Why the probe is not attached; `null` with `attached: false` when it was
+    /// disabled (`--probes`).
     pub error: Option<String>,
     /// Events the kernel side could not record since the probe was attached, by reason.
     pub dropped: BTreeMap<&'static str, u64>,

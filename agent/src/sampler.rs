@@ -61,6 +61,7 @@ impl Default for SamplerConfig {
             cgroup_root: None,
             probes: ProbeConfig {
                 max_cgroups: cgscope_common::runq::DEFAULT_MAX_CGROUPS,
+                enabled: crate::probes::ALL.map(str::to_owned).to_vec(),
             },
             metadata: MetadataConfig::default(),
         }

@@ -22,6 +22,10 @@ pub enum Bench {
     Runq,
     /// One cgroup scan of 100 / 1,000 / 5,000 cgroups vs reading the same files.
     Cgroups,
+    /// Block IO probe vs libbpf-tools biolatency, on fio.
+    Io,
+    /// TCP probe vs a bpftrace tcp_probe histogram, on iperf3 and request/response.
+    Net,
 }
 
 #[derive(clap::Args)]
@@ -30,7 +34,7 @@ pub struct BenchArgs {
     bench: Bench,
     /// Rounds per configuration; the table shows medians.
     #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    pub rounds: usize,
 }
 
 /// Targets from the issue: per sched_switch event, and relative to runqlat.
@@ -66,7 +70,7 @@ impl Attached {
 }
 
 /// (run_cnt, run_time_ns) per program name, from `bpftool prog show`.
-fn program_stats() -> anyhow::Result<HashMap<String, (u64, u64)>> {
+pub(crate) fn program_stats() -> anyhow::Result<HashMap<String, (u64, u64)>> {
     let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
     let progs: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
     let mut stats = HashMap::new();
@@ -113,7 +117,7 @@ fn start(tool: Attached, cgscope: &std::path::Path) -> anyhow::Result<Option<Chi
 }
 
 /// Stops a tool we started (SIGINT to its PID, so runqlat exits cleanly) and waits.
-fn stop(child: Option<Child>) {
+pub(crate) fn stop(child: Option<Child>) {
     if let Some(mut child) = child {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
@@ -130,16 +134,16 @@ fn workload() -> anyhow::Result<f64> {
         .context("no 'Total time' in perf output")
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Restores `kernel.bpf_stats_enabled` when dropped.
-struct BpfStats(String);
+pub(crate) struct BpfStats(String);
 
 impl BpfStats {
-    fn enable() -> anyhow::Result<Self> {
+    pub(crate) fn enable() -> anyhow::Result<Self> {
         let path = "/proc/sys/kernel/bpf_stats_enabled";
         let old = std::fs::read_to_string(path).context(path)?;
         std::fs::write(path, "1").context("enabling bpf_stats (needs root)")?;
@@ -159,6 +163,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Runq => runq(args),
         // In-process (thread CPU time, a counting allocator): a cargo bench target.
         Bench::Cgroups => cmd::cargo(&["bench", "-q", "-p", "cgscope", "--bench", "scan"]),
+        Bench::Io => crate::bench_probes::io(args.rounds),
+        Bench::Net => crate::bench_probes::net(args.rounds),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | run | test | vm | bench`.
 
 mod bench;
+mod bench_probes;
 mod cmd;
 mod setup;
 mod test;

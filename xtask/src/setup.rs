@@ -26,7 +26,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "fio",
-        "io.max test in the VMs: the IO workload and its own count of IOs",
+        "io tests and cargo xtask bench io: the IO workload and its own count of IOs",
     ),
     (
         "iproute2",
@@ -36,7 +36,19 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "cargo xtask bench: per-program run time (bpf_stats)",
     ),
-    ("libbpf-tools", "cargo xtask bench: runqlat, the reference"),
+    (
+        "libbpf-tools",
+        "blockio test, cargo xtask bench: runqlat and biolatency, the references",
+    ),
+    (
+        "bpftrace",
+        "cargo xtask bench net: a tcp_probe histogram, the reference (no libbpf tool \
+         for TCP attaches without kprobes)",
+    ),
+    (
+        "iperf3",
+        "cargo xtask bench net: TCP throughput, the workload",
+    ),
     (
         "linux-perf",
         "cargo xtask bench: perf bench sched messaging, the workload",

@@ -50,6 +50,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("{0}")]
     Load(String),
+    #[error("disabled (--probes)")]
+    Disabled,
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
 }
@@ -78,11 +80,22 @@ impl ProbeError {
     }
 }
 
+/// Every probe's name, in the order they attach.
+pub const ALL: [&str; 4] = [runq::NAME, blockio::NAME, oom::NAME, tcp::NAME];
+
 /// Load-time settings of the probes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProbeConfig {
     /// Capacity of each per-cgroup map.
     pub max_cgroups: u32,
+    /// The probes to attach (names from [`ALL`]); the others report "disabled".
+    pub enabled: Vec<String>,
+}
+
+impl ProbeConfig {
+    fn wants(&self, name: &str) -> bool {
+        self.enabled.iter().any(|e| e == name)
+    }
 }
 
 /// Every probe, attached or with the reason it is not.
@@ -229,15 +242,17 @@ impl Probes {
         let io_owner = blockio::owner_mode(cgroup_root);
         match load(config, io_owner) {
             Ok((mut ebpf, btf, facts)) => {
-                let runq = runq::Runq::attach(&mut ebpf, &btf);
-                let blockio = blockio::Blockio::attach(
-                    &mut ebpf,
-                    &btf,
-                    io_owner,
-                    facts.blockio.as_ref().map(|_| ()),
-                );
-                let oom = oom::Oom::attach(&mut ebpf, &btf, facts.oom_victim_is_task);
-                let tcp = tcp::Tcp::attach(&mut ebpf, &btf, facts.tcp.as_ref().map(|_| ()));
+                let wanted = |name| config.wants(name).then_some(()).ok_or(ProbeError::Disabled);
+                let runq = wanted(runq::NAME).and_then(|()| runq::Runq::attach(&mut ebpf, &btf));
+                let blockio = wanted(blockio::NAME).and_then(|()| {
+                    let fields = facts.blockio.as_ref().map(|_| ());
+                    blockio::Blockio::attach(&mut ebpf, &btf, io_owner, fields)
+                });
+                let oom = wanted(oom::NAME)
+                    .and_then(|()| oom::Oom::attach(&mut ebpf, &btf, facts.oom_victim_is_task));
+                let tcp = wanted(tcp::NAME).and_then(|()| {
+                    tcp::Tcp::attach(&mut ebpf, &btf, facts.tcp.as_ref().map(|_| ()))
+                });
                 Self {
                     _ebpf: Some(ebpf),
                     runq,
@@ -261,9 +276,13 @@ impl Probes {
         let failed = |name, e: &ProbeError| ProbeStatus {
             name,
             attached: false,
-            error: Some(e.to_string()),
+            // Not attached by choice: no error, a note.
+            error: (!matches!(e, ProbeError::Disabled)).then(|| e.to_string()),
             dropped: Default::default(),
-            notes: Vec::new(),
+            notes: match e {
+                ProbeError::Disabled => vec![e.to_string()],
+                _ => Vec::new(),
+            },
             map_entries: None,
         };
         vec![

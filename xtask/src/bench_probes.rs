@@ -1,0 +1,406 @@
+//! `cargo xtask bench io` and `bench net`: what the blockio and tcp probes cost, next
+//! to a reference tool attached to the same hooks, on the same workload, in the
+//! same run (configurations interleaved round by round).
+//!
+//! Per-event cost from the kernel's accounting (`kernel.bpf_stats_enabled`): the
+//! run time of every program a tool loaded, over the events of the workload. The
+//! workload's own numbers (fio IOPS; iperf3 throughput; request/response rate) with
+//! nothing, cgscope, or the reference attached give the slowdown.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{
+    bench::{median, stop, BpfStats},
+    cmd,
+};
+
+/// A tool attached during a round: its process and the programs it loaded.
+struct Attached {
+    child: Option<Child>,
+    programs: BTreeSet<u64>,
+}
+
+/// A counter of `bpftool prog show --json`, which leaves out those still at 0.
+fn counter(program: &serde_json::Value, key: &str) -> u64 {
+    program[key].as_u64().unwrap_or(0)
+}
+
+/// (id → (name, run_cnt, run_time_ns)) of every loaded program.
+fn programs() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
+    let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let progs: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            let name = p["name"].as_str().unwrap_or("?").to_owned();
+            Some((id, (name, counter(p, "run_cnt"), counter(p, "run_time_ns"))))
+        })
+        .collect())
+}
+
+/// Starts `command` (if any) and waits until the programs it loads stop changing.
+fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
+    let Some(mut command) = command else {
+        return Ok(Attached {
+            child: None,
+            programs: BTreeSet::new(),
+        });
+    };
+    let before: BTreeSet<u64> = programs()?.into_keys().collect();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    let mut seen = BTreeSet::new();
+    let mut stable_since = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now: BTreeSet<u64> = programs()?
+            .into_keys()
+            .filter(|id| !before.contains(id))
+            .collect();
+        if now != seen {
+            seen = now;
+            stable_since = Instant::now();
+        } else if !seen.is_empty() && stable_since.elapsed() > Duration::from_secs(1) {
+            return Ok(Attached {
+                child: Some(child),
+                programs: seen,
+            });
+        }
+    }
+    stop(Some(child));
+    bail!("{command:?} loaded no programs within 30 s")
+}
+
+/// Run time (ns) and runs of the programs `ids` between two readings.
+fn cost(
+    ids: &BTreeSet<u64>,
+    before: &BTreeMap<u64, (String, u64, u64)>,
+    after: &BTreeMap<u64, (String, u64, u64)>,
+) -> (u64, u64) {
+    ids.iter().fold((0, 0), |(ns, runs), id| {
+        let (b, a) = (before.get(id), after.get(id));
+        let d = |f: fn(&(String, u64, u64)) -> u64| a.map_or(0, f).saturating_sub(b.map_or(0, f));
+        (ns + d(|p| p.2), runs + d(|p| p.1))
+    })
+}
+
+/// One configuration's results over all rounds.
+#[derive(Default)]
+struct Results {
+    /// The workload's figure of merit per round (higher is better).
+    merit: Vec<f64>,
+    probe_ns: u64,
+    events: u64,
+}
+
+/// A configuration: its label, the tool to start (none for the baseline), and the
+/// prefix of the names of the tool's programs to count (cgscope also loads its
+/// other probes: only the probe under test is charged).
+type Configuration<'a> = (&'static str, &'a dyn Fn() -> Option<Command>, &'static str);
+
+/// Runs `workload` with each configuration attached, interleaved, `rounds` times.
+/// The workload returns (figure of merit, events it caused).
+fn compare(
+    configurations: &[Configuration],
+    rounds: usize,
+    mut workload: impl FnMut() -> anyhow::Result<(f64, u64)>,
+) -> anyhow::Result<BTreeMap<&'static str, Results>> {
+    let _stats = BpfStats::enable()?;
+    let mut results: BTreeMap<&'static str, Results> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (label, command, prefix) in configurations {
+            let mut attached = attach(command())?;
+            let names = programs()?;
+            attached
+                .programs
+                .retain(|id| names.get(id).is_some_and(|p| p.0.starts_with(prefix)));
+            let before = programs()?;
+            let run = workload();
+            let after = programs()?;
+            stop(attached.child);
+            let (merit, events) = run?;
+            let (ns, _) = cost(&attached.programs, &before, &after);
+            eprintln!("round {round}: {label:<18} {merit:.1}");
+            let r = results.entry(label).or_default();
+            r.merit.push(merit);
+            r.probe_ns += ns;
+            r.events += events;
+        }
+    }
+    Ok(results)
+}
+
+fn cgscope_binary() -> anyhow::Result<PathBuf> {
+    cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
+    Ok(cmd::workspace_root().join("target/release/cgscope"))
+}
+
+/// `cgscope run` with only `probe` attached: the slowdown is that probe's (and the
+/// agent's scans), not the other probes' on the same workload.
+fn cgscope_run(binary: &Path, probe: &str) -> Command {
+    let mut c = Command::new(binary);
+    c.args([
+        "run",
+        "--interval",
+        "1s",
+        "--listen",
+        "127.0.0.1:0",
+        "--probes",
+        probe,
+    ]);
+    c
+}
+
+/// Prints the table and checks the targets: ns per event, and the merit lost.
+fn report(
+    what: &str,
+    merit_unit: &str,
+    results: &mut BTreeMap<&'static str, Results>,
+    reference: &str,
+    ns_target: f64,
+) -> anyhow::Result<()> {
+    let base = median(
+        &mut results
+            .get_mut("nothing attached")
+            .context("baseline")?
+            .merit,
+    );
+    println!("\n{what}\n");
+    println!(
+        "{:<18} {:>14} {:>10} {:>12} {:>10} {:>12}",
+        "attached", merit_unit, "vs none", "events", "ns/event", "vs reference"
+    );
+    let per_event = |r: &Results| r.probe_ns as f64 / r.events.max(1) as f64;
+    let reference_ns = results.get(reference).map_or(f64::NAN, per_event);
+    let mut ours = (f64::NAN, f64::NAN);
+    for (label, r) in results.iter_mut() {
+        let m = median(&mut r.merit);
+        let ns = per_event(r);
+        println!(
+            "{label:<18} {m:>14.1} {:>10.4} {:>12} {ns:>10.1} {:>12.2}",
+            m / base,
+            r.events,
+            ns / reference_ns
+        );
+        if label.starts_with("cgscope") {
+            ours = (ns, m / base);
+        }
+    }
+    let ns_ok = ours.0 <= ns_target;
+    let loss_ok = ours.1 >= 0.99;
+    let verdict = |ok| if ok { "PASS" } else { "MISS" };
+    println!(
+        "\ntarget <= {ns_target} ns per event: {:.1} {}",
+        ours.0,
+        verdict(ns_ok)
+    );
+    println!(
+        "target <= 1 % loss: {:.2} % {}",
+        (1.0 - ours.1) * 100.0,
+        verdict(loss_ok)
+    );
+    if !(ns_ok && loss_ok) {
+        bail!("benchmark targets missed");
+    }
+    Ok(())
+}
+
+/// A loop device over a file in the page cache: a fast device, so that a probe's
+/// cost is as visible as it gets. Detached and removed on drop.
+struct LoopDevice {
+    file: PathBuf,
+    dev: String,
+}
+
+impl LoopDevice {
+    fn create() -> anyhow::Result<Self> {
+        let file = cmd::workspace_root().join(".cache/bench-io.img");
+        std::fs::create_dir_all(file.parent().expect("parent"))?;
+        std::fs::write(&file, vec![0u8; 256 << 20])?;
+        let dev = cmd::output(Command::new("losetup").args(["-f", "--show"]).arg(&file))?;
+        Ok(Self {
+            file,
+            dev: dev.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// `cargo xtask bench io`: fio 4 KiB random reads (O_DIRECT, queue depth 1) on a
+/// loop device; cgscope vs libbpf-tools biolatency.
+pub fn io(rounds: usize) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    let binary = cgscope_binary()?;
+    let disk = LoopDevice::create()?;
+    let disk_name = disk.dev.trim_start_matches("/dev/").to_owned();
+    let none = || None;
+    let ours = || Some(cgscope_run(&binary, "blockio"));
+    let reference = || {
+        let mut c = Command::new("biolatency");
+        c.args(["-d", &disk_name]);
+        Some(c)
+    };
+    let configurations: [Configuration; 3] = [
+        ("nothing attached", &none, ""),
+        ("cgscope blockio", &ours, "blockio_"),
+        ("biolatency", &reference, ""),
+    ];
+    let mut results = compare(&configurations, rounds, || {
+        let out = cmd::output(
+            Command::new("fio")
+                .args(["--name=bench", "--rw=randread", "--bs=4k", "--direct=1"])
+                .args(["--ioengine=psync", "--time_based", "--runtime=3"])
+                .args(["--output-format=json", &format!("--filename={}", disk.dev)]),
+        )?;
+        let report: serde_json::Value = serde_json::from_str(&out).context("fio JSON")?;
+        let read = &report["jobs"][0]["read"];
+        Ok((
+            read["iops"].as_f64().context("iops")?,
+            read["total_ios"].as_u64().context("ios")?,
+        ))
+    })?;
+    report(
+        &format!(
+            "io: fio randread 4k O_DIRECT QD1 on {} ({rounds} rounds, medians)",
+            disk.dev
+        ),
+        "IOPS",
+        &mut results,
+        "biolatency",
+        80.0,
+    )
+}
+
+/// Request/response rounds per second over loopback TCP for `seconds`: one byte
+/// each way, each round trip a few TCP events (segments received, ACKs).
+fn request_response(seconds: f64) -> anyhow::Result<(f64, u64)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let (start, mut n, mut b) = (Instant::now(), 0u64, [0u8; 1]);
+    while start.elapsed().as_secs_f64() < seconds {
+        c.write_all(b"x")?;
+        c.read_exact(&mut b)?;
+        n += 1;
+    }
+    drop(c);
+    let _ = server.join();
+    // Each round trip: the request and the response, each a segment received.
+    Ok((n as f64 / start.elapsed().as_secs_f64(), 2 * n))
+}
+
+/// iperf3 over loopback for 3 s: (Gbit/s, segments received as counted by the
+/// kernel's TCP MIB, read before and after).
+fn iperf3() -> anyhow::Result<(f64, u64)> {
+    let in_segs = || -> anyhow::Result<u64> {
+        let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (keys, values) = (
+            tcp.next().context("Tcp keys")?,
+            tcp.next().context("Tcp values")?,
+        );
+        let at = keys
+            .split_whitespace()
+            .position(|k| k == "InSegs")
+            .context("InSegs")?;
+        values
+            .split_whitespace()
+            .nth(at)
+            .context("InSegs value")?
+            .parse()
+            .context("InSegs")
+    };
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", "15201"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = in_segs()?;
+    let out = cmd::output(Command::new("iperf3").args([
+        "-c",
+        "127.0.0.1",
+        "-p",
+        "15201",
+        "-t",
+        "3",
+        "-J",
+    ]));
+    let after = in_segs()?;
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_str(&out?).context("iperf3 JSON")?;
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("bps")?;
+    Ok((bps / 1e9, after.saturating_sub(before)))
+}
+
+/// `cargo xtask bench net`: iperf3 throughput and request/response rate on
+/// loopback; cgscope vs a bpftrace `tcp_probe` histogram by cgroup.
+pub fn net(rounds: usize) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    let binary = cgscope_binary()?;
+    let none = || None;
+    let ours = || Some(cgscope_run(&binary, "tcp"));
+    let reference = || {
+        let mut c = Command::new("bpftrace");
+        c.args([
+            "-e",
+            "tracepoint:tcp:tcp_probe { @rtt[cgroup] = hist(args->srtt); }",
+        ]);
+        Some(c)
+    };
+    let configurations: [Configuration; 3] = [
+        ("nothing attached", &none, ""),
+        ("cgscope tcp", &ours, "tcp_"),
+        ("bpftrace", &reference, ""),
+    ];
+    let mut results = compare(&configurations, rounds, iperf3)?;
+    let throughput = report(
+        &format!("net: iperf3 -t 3 over loopback ({rounds} rounds, medians)"),
+        "Gbit/s",
+        &mut results,
+        "bpftrace",
+        60.0,
+    );
+    let mut results = compare(&configurations, rounds, || request_response(3.0))?;
+    let latency = report(
+        &format!("net: 1-byte request/response over loopback, 3 s ({rounds} rounds, medians)"),
+        "rounds/s",
+        &mut results,
+        "bpftrace",
+        60.0,
+    );
+    throughput.and(latency)
+}
