@@ -59,8 +59,9 @@ pub struct ProbeStatus {
     /// How the probe measures on this kernel, where that differs between hosts
     /// (attribution mode, fallbacks in use).
     pub notes: Vec<String>,
-    /// Entries in the probe's per-cgroup map at the end of the window (`null` for a
-    /// probe without one, or outside a sampler).
+    /// Entries in the probe's per-cgroup map when the sampler read it at the end of
+    /// the window, before deleting those of removed cgroups (`null` for a probe
+    /// without one, or outside a sampler).
     pub map_entries: Option<u64>,
 }
 
