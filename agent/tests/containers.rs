@@ -88,9 +88,13 @@ fn kubepods_container_identity_stats_and_network() {
         (usage - cpu_truth).abs() / cpu_truth < 0.10,
         "{usage} vs {cpu_truth}"
     );
+    // The scan reads a pod's cpu.stat before its container's, and the spinner runs
+    // in between (milliseconds under emulation): allow that much.
+    let pod_usage = p.cpu.usage_seconds.unwrap_or(0.0);
+    eprintln!("pod cpu {pod_usage:.3}s");
     assert!(
-        p.cpu.usage_seconds.unwrap_or(0.0) >= usage,
-        "a pod's usage includes its containers"
+        pod_usage >= usage * 0.95,
+        "a pod's usage includes its containers: {pod_usage} vs {usage}"
     );
     assert!(c.pressure.cpu.is_some(), "PSI present");
 
