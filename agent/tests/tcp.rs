@@ -266,19 +266,16 @@ fn netem_delay_is_the_rtt_and_connect_latency_and_loss_retransmits() {
     );
     assert_eq!(connect.count, 1);
     assert!(rtt.count >= 3, "{} RTT samples", rtt.count);
-    // Against what the application itself timed on the same path (20 ms of netem
-    // plus this machine's own path: ~1-3 ms under emulation), and against netem.
-    for (what, p50, truth) in [
+    // The kernel's view lies between the netem delay (20 ms; the path adds more)
+    // and what the application itself timed (the same path plus its own syscalls
+    // and wakeups: 1-3 ms under emulation), up to the ±4.3 % of a bucket midpoint.
+    for (what, p50, app) in [
         ("connect", connect.p50_seconds, app_connect),
         ("rtt", rtt.p50_seconds, app_rtt),
     ] {
         assert!(
-            (p50 - truth).abs() / truth <= 0.10,
-            "{what} p50 {p50} vs {truth}"
-        );
-        assert!(
-            (0.020..0.025).contains(&p50),
-            "{what} p50 {p50} vs 20 ms of netem"
+            (0.020 * 0.957..=app * 1.043).contains(&p50),
+            "{what} p50 {p50} outside [20 ms of netem, {app} timed by the client]"
         );
     }
     assert!(
