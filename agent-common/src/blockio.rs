@@ -103,6 +103,7 @@ pub const fn dev_parts(dev: u32) -> (u32, u32) {
 
 /// Load-time settings and kernel struct field offsets, resolved by the agent from the
 /// running kernel's BTF and written into the programs' read-only globals.
+/// From a `struct cgroup *` to its id, the programs use [`crate::runq::TaskOffsets`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockioConfig {
@@ -132,15 +133,11 @@ pub struct BlockioConfig {
     pub blkg_blkcg: u32,
     /// `blkcg.css.cgroup` (`struct cgroup *`): offset of `css` plus that of `cgroup`
     pub blkcg_cgroup: u32,
-    /// `cgroup.kn` (`struct kernfs_node *`)
-    pub cgroup_kn: u32,
-    /// `kernfs_node.id` (u64)
-    pub kernfs_node_id: u32,
     /// `bio.bi_private` (`void *`; a split bio's parent, see `bio_chain`)
     pub bio_private: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -71,6 +71,7 @@ impl TcpStats {
 }
 
 /// Kernel struct field offsets, resolved by the agent from the running kernel's BTF.
+/// From a `struct cgroup *` to its id, the programs use [`crate::runq::TaskOffsets`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpConfig {
@@ -82,16 +83,12 @@ pub struct TcpConfig {
     pub net_inum: u32,
     /// `sock.sk_cgrp_data.cgroup` (`struct cgroup *`)
     pub sock_cgroup: u32,
-    /// `cgroup.kn` (`struct kernfs_node *`)
-    pub cgroup_kn: u32,
-    /// `kernfs_node.id` (u64)
-    pub kernfs_node_id: u32,
     /// `tcp_sock.srtt_us` (u32, smoothed RTT in µs << 3)
     pub tcp_srtt_us: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TcpConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<TcpConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

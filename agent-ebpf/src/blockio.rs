@@ -29,12 +29,7 @@ use cgscope_common::{
     histogram::{atomic_add_u64, record_shared},
 };
 
-use crate::kernel::load;
-
-/// `BPF_F_NO_PREALLOC`: entries are allocated for the triples that do IO.
-const BPF_F_NO_PREALLOC: u32 = 1;
-/// The root cgroup's id: flushes (no bio) and unreadable owners count there.
-const ROOT_CGROUP_ID: u64 = 1;
+use crate::kernel::{bump, cgroup_id, load, offsets, BPF_F_NO_PREALLOC, ROOT_CGROUP_ID};
 
 /// Settings and field offsets; set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -52,8 +47,6 @@ static BLOCKIO_CONFIG: BlockioConfig = BlockioConfig {
     bio_blkg: 0,
     blkg_blkcg: 0,
     blkcg_cgroup: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
     bio_private: 0,
 };
 
@@ -266,14 +259,10 @@ fn owner_of(rq: *const u8, cfg: &BlockioConfig, last: bool) -> u64 {
     let blkg = load::<*const u8>(bio, cfg.bio_blkg);
     let blkcg = load::<*const u8>(blkg, cfg.blkg_blkcg);
     let cgroup = load::<*const u8>(blkcg, cfg.blkcg_cgroup);
-    let kn = load::<*const u8>(cgroup, cfg.cgroup_kn);
-    match load::<u64>(kn, cfg.kernfs_node_id) {
-        0 => {
-            count(event::CGROUP_UNREADABLE);
-            ROOT_CGROUP_ID
-        }
-        id => id,
-    }
+    cgroup_id(cgroup, &offsets()).unwrap_or_else(|| {
+        count(event::CGROUP_UNREADABLE);
+        ROOT_CGROUP_ID
+    })
 }
 
 #[inline(always)]
@@ -284,8 +273,5 @@ fn now_ns() -> u64 {
 
 #[inline(always)]
 fn count(slot: u32) {
-    if let Some(counter) = BLOCKIO_EVENTS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, this CPU only.
-        unsafe { *counter += 1 };
-    }
+    bump(&BLOCKIO_EVENTS, slot);
 }

@@ -13,7 +13,15 @@
 //! turns it into a fault-tolerant load (a bad pointer reads 0). No helper call, no
 //! copy through the stack: about a quarter of the cost of a probe read.
 
+use aya_ebpf::maps::PerCpuArray;
 use cgscope_common::runq::{drop, TaskOffsets};
+
+/// `BPF_F_NO_PREALLOC`: a hash map allocates entries as they are created, not its
+/// whole capacity (times the CPUs, for per-CPU maps) up front.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The root cgroup's id: what is counted where no cgroup can be read.
+pub const ROOT_CGROUP_ID: u64 = 1;
 
 /// Offsets of the task fields the probes read; set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -75,16 +83,31 @@ pub fn task_on_cpu(task: *const u8, off: &TaskOffsets) -> bool {
     load::<u32>(task, off.task_on_cpu) != 0
 }
 
+/// `cgroup->kn->id` of a `struct cgroup *`: its id, the inode number of its v2
+/// directory. `None` (no cgroup has id 0) if a pointer on the way was bad.
+#[inline(always)]
+pub fn cgroup_id(cgroup: *const u8, off: &TaskOffsets) -> Option<u64> {
+    let kn = load::<*const u8>(cgroup, off.cgroup_kn);
+    match load::<u64>(kn, off.kernfs_node_id) {
+        0 => None,
+        id => Some(id),
+    }
+}
+
 /// `task->cgroups->dfl_cgrp->kn->id`: the cgroup v2 id of any task, the value
-/// `bpf_get_current_cgroup_id()` returns for the current one. 0 (no cgroup has
-/// id 0) if a pointer on the way was bad.
+/// `bpf_get_current_cgroup_id()` returns for the current one.
 #[inline(always)]
 pub fn task_cgroup_id(task: *const u8, off: &TaskOffsets) -> Result<u64, u32> {
     let css_set = load::<*const u8>(task, off.task_cgroups);
     let cgroup = load::<*const u8>(css_set, off.css_set_dfl_cgrp);
-    let kn = load::<*const u8>(cgroup, off.cgroup_kn);
-    match load::<u64>(kn, off.kernfs_node_id) {
-        0 => Err(drop::READ_FAILED),
-        id => Ok(id),
+    cgroup_id(cgroup, off).ok_or(drop::READ_FAILED)
+}
+
+/// Adds one to slot `slot` of a per-CPU counter array.
+#[inline(always)]
+pub fn bump(counters: &PerCpuArray<u64>, slot: u32) {
+    if let Some(counter) = counters.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, written from this CPU only, preemption off.
+        unsafe { *counter += 1 };
     }
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use cgscope_common::oom::{drop, OomVictim, MAX_VICTIMS};
 
-use crate::kernel::{offsets, task_cgroup_id, task_comm, task_tgid};
+use crate::kernel::{bump, offsets, task_cgroup_id, task_comm, task_tgid, ROOT_CGROUP_ID};
 
 /// Kills not yet read by the agent.
 #[map]
@@ -25,9 +25,6 @@ static OOM_VICTIMS: Queue<OomVictim> = Queue::with_max_entries(MAX_VICTIMS, 0);
 /// Events lost, by reason (`cgscope_common::oom::drop`).
 #[map]
 static OOM_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::SLOTS, 0);
-
-/// The root cgroup's id, for a victim whose cgroup cannot be read.
-const ROOT_CGROUP_ID: u64 = 1;
 
 /// Kernels >= 6.8: `mark_victim(struct task_struct *task, uid_t uid)`, in
 /// `mark_oom_victim`, for each victim of a kill (and for a task that was already
@@ -67,8 +64,5 @@ fn report(victim: *const u8) {
 
 #[inline(always)]
 fn count(slot: u32) {
-    if let Some(counter) = OOM_DROPS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, this CPU only.
-        unsafe { *counter += 1 };
-    }
+    bump(&OOM_DROPS, slot);
 }

@@ -20,11 +20,8 @@ use cgscope_common::{
     runq::{drop, QueuedTask, DEFAULT_MAX_CGROUPS, MAX_QUEUED_TASKS},
 };
 
-use crate::kernel::{offsets, task_cgroup_id, task_on_cpu, task_pid};
+use crate::kernel::{bump, offsets, task_cgroup_id, task_on_cpu, task_pid, BPF_F_NO_PREALLOC};
 
-/// `BPF_F_NO_PREALLOC`: histograms are allocated for the cgroups that run tasks,
-/// not for the whole capacity times the number of CPUs.
-const BPF_F_NO_PREALLOC: u32 = 1;
 /// `TASK_RUNNING`, the `prev_state` of a task that stays on the run queue.
 const TASK_RUNNING: u64 = 0;
 
@@ -142,9 +139,6 @@ fn record(cgroup_id: u64, delay_ns: u64) -> Result<(), u32> {
 #[inline(always)]
 fn count_drop(result: Result<(), u32>) {
     if let Err(slot) = result {
-        if let Some(count) = RUNQ_DROPS.get_ptr_mut(slot) {
-            // SAFETY: per-CPU slot, this CPU only.
-            unsafe { *count += 1 };
-        }
+        bump(&RUNQ_DROPS, slot);
     }
 }

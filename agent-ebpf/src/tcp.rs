@@ -26,10 +26,8 @@ use cgscope_common::{
     },
 };
 
-use crate::kernel::load;
+use crate::kernel::{bump, cgroup_id, load, offsets, BPF_F_NO_PREALLOC, ROOT_CGROUP_ID};
 
-const BPF_F_NO_PREALLOC: u32 = 1;
-const ROOT_CGROUP_ID: u64 = 1;
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -41,8 +39,6 @@ static TCP_CONFIG: TcpConfig = TcpConfig {
     sock_net: 0,
     net_inum: 0,
     sock_cgroup: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
     tcp_srtt_us: 0,
     _pad: 0,
 };
@@ -178,14 +174,10 @@ fn add(sk: *const u8, field: impl FnOnce(&mut TcpStats) -> *mut u64) {
 #[inline(always)]
 fn stats(sk: *const u8, cfg: &TcpConfig) -> Option<*mut TcpStats> {
     let cgroup = load::<*const u8>(sk, cfg.sock_cgroup);
-    let kn = load::<*const u8>(cgroup, cfg.cgroup_kn);
-    let cgroup_id = match load::<u64>(kn, cfg.kernfs_node_id) {
-        0 => {
-            count(event::CGROUP_UNREADABLE);
-            ROOT_CGROUP_ID
-        }
-        id => id,
-    };
+    let cgroup_id = cgroup_id(cgroup, &offsets()).unwrap_or_else(|| {
+        count(event::CGROUP_UNREADABLE);
+        ROOT_CGROUP_ID
+    });
     let net = load::<*const u8>(sk, cfg.sock_net);
     let key = TcpKey {
         cgroup_id,
@@ -213,8 +205,5 @@ fn now_ns() -> u64 {
 
 #[inline(always)]
 fn count(slot: u32) {
-    if let Some(counter) = TCP_EVENTS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, this CPU only.
-        unsafe { *counter += 1 };
-    }
+    bump(&TCP_EVENTS, slot);
 }

@@ -72,8 +72,6 @@ pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
         blkg_blkcg: btf.offset_of("blkcg_gq", "blkcg", 8)?,
         blkcg_cgroup: btf.member("blkcg", "css")?.offset
             + btf.offset_of("cgroup_subsys_state", "cgroup", 8)?,
-        cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
-        kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
         bio_private: btf.offset_of("bio", "bi_private", 8)?,
     })
 }

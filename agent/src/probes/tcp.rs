@@ -45,8 +45,6 @@ pub fn config(btf: &Btf) -> Result<TcpConfig, BtfError> {
         net_inum: btf.member("net", "ns")?.offset + btf.offset_of("ns_common", "inum", 4)?,
         sock_cgroup: btf.member("sock", "sk_cgrp_data")?.offset
             + btf.offset_of("sock_cgroup_data", "cgroup", 8)?,
-        cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
-        kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
         tcp_srtt_us: btf.offset_of("tcp_sock", "srtt_us", 4)?,
         _pad: 0,
     })
