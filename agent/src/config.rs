@@ -8,6 +8,8 @@ use cgscope_common::runq::DEFAULT_MAX_CGROUPS;
 use clap::{Args, ValueEnum};
 
 use crate::{
+    cgroup::identity::CgroupKind,
+    export::filter::{parse_label, Filter, DEFAULT_MAX_SERIES},
     metadata::{MetadataConfig, DEFAULT_CRI_SOCKETS, DEFAULT_DOCKER_SOCKETS},
     probes::ProbeConfig,
     sampler::SamplerConfig,
@@ -69,13 +71,119 @@ pub struct RunConfig {
     #[command(flatten)]
     pub sampling: SamplingOptions,
 
-    /// Length of one sampling window (e.g. 10s, 500ms, 1m).
-    #[arg(long, env = "CGSCOPE_INTERVAL", default_value = "10s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// Length of one sampling window (e.g. 10s, 500ms, 1m); one OTLP export per
+    /// window [default: OTEL_METRIC_EXPORT_INTERVAL if set, else 10s].
+    #[arg(long, env = "CGSCOPE_INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
 
-    /// Address of the HTTP API (`/healthz`, `/api/v1/snapshot`).
+    /// Address of the HTTP API (`/metrics`, `/api/v1/...`, `/healthz`, `/readyz`).
+    /// Only loopback by default: the API has no authentication.
     #[arg(long, env = "CGSCOPE_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub export: ExportOptions,
+}
+
+/// Default window length of `cgscope run`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What is exported (OTLP and `/metrics`): the cardinality controls. OTLP itself is
+/// configured by the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Args)]
+pub struct ExportOptions {
+    /// cgroup kinds to export.
+    #[arg(long = "export-kinds", env = "CGSCOPE_EXPORT_KINDS", value_delimiter = ',',
+          default_values = ["root", "pod", "container", "service"],
+          value_parser = clap::builder::PossibleValuesParser::new(CgroupKind::ALL.map(CgroupKind::as_str)))]
+    pub kinds: Vec<String>,
+
+    /// Only these Kubernetes namespaces (repeat, or commas in the environment).
+    #[arg(
+        long = "include-namespace",
+        env = "CGSCOPE_INCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub include_namespaces: Vec<String>,
+
+    /// Never these Kubernetes namespaces.
+    #[arg(
+        long = "exclude-namespace",
+        env = "CGSCOPE_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Only pods and containers with all these runtime labels (KEY=VALUE).
+    #[arg(long = "include-label", env = "CGSCOPE_INCLUDE_LABELS", value_delimiter = ',',
+          value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub include_labels: Vec<(String, String)>,
+
+    /// Never pods and containers with any of these runtime labels (KEY=VALUE).
+    #[arg(long = "exclude-label", env = "CGSCOPE_EXCLUDE_LABELS", value_delimiter = ',',
+          value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub exclude_labels: Vec<(String, String)>,
+
+    /// Only cgroups at or below these paths (relative to the v2 root).
+    #[arg(
+        long = "include-path",
+        env = "CGSCOPE_INCLUDE_PATHS",
+        value_delimiter = ',',
+        value_name = "PATH_PREFIX"
+    )]
+    pub include_paths: Vec<String>,
+
+    /// Never cgroups at or below these paths.
+    #[arg(
+        long = "exclude-path",
+        env = "CGSCOPE_EXCLUDE_PATHS",
+        value_delimiter = ',',
+        value_name = "PATH_PREFIX"
+    )]
+    pub exclude_paths: Vec<String>,
+
+    /// Export a cgroup only once it has existed this long (e.g. 30s): short-lived
+    /// jobs would otherwise each make new series.
+    #[arg(long, env = "CGSCOPE_MIN_AGE", default_value = "0s", value_parser = parse_age)]
+    pub min_age: Duration,
+
+    /// Series per metric; points beyond go to one overflow series
+    /// (`otel.metric.overflow="true"`) and are counted in `cgscope.series.overflow`.
+    #[arg(long, env = "CGSCOPE_MAX_SERIES", default_value_t = DEFAULT_MAX_SERIES,
+          value_parser = clap::builder::ValueParser::new(parse_max_series))]
+    pub max_series: usize,
+}
+
+impl ExportOptions {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            kinds: CgroupKind::ALL
+                .into_iter()
+                .filter(|k| self.kinds.iter().any(|s| s == k.as_str()))
+                .collect(),
+            include_namespaces: self.include_namespaces.clone(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            include_labels: self.include_labels.clone(),
+            exclude_labels: self.exclude_labels.clone(),
+            include_paths: self.include_paths.clone(),
+            exclude_paths: self.exclude_paths.clone(),
+            min_age: self.min_age,
+            max_series: self.max_series,
+        }
+    }
+}
+
+fn parse_max_series(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: expected a number of series from 1 to 10000000"
+        )),
+    }
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 30s, 5m)"))
 }
 
 /// `cgscope snapshot`: one window, printed.

@@ -2,14 +2,25 @@
 
 use std::{
     process::ExitCode,
-    sync::mpsc,
+    sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use cgscope::{
-    api, check,
-    config::{CheckConfig, CheckFormat, RunConfig, SnapshotConfig, SnapshotFormat},
+    check,
+    config::{
+        CheckConfig, CheckFormat, RunConfig, SnapshotConfig, SnapshotFormat, DEFAULT_INTERVAL,
+    },
+    export::{
+        api::{self, Published},
+        delivery::{self, Queue, QueueLimits},
+        resource::AgentResource,
+        settings::OtlpSettings,
+        store::Store,
+        transport::Transport,
+        Exporter,
+    },
     sampler::Sampler,
     table,
 };
@@ -88,11 +99,31 @@ fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
 }
 
 fn run_command(config: RunConfig) -> anyhow::Result<()> {
+    // OTLP settings first: a bad one is reported before anything attaches.
+    let mut warnings = Vec::new();
+    let otlp = OtlpSettings::from_env(|k| std::env::var(k).ok(), &mut warnings);
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    let interval = config
+        .interval
+        .or(otlp.as_ref().and_then(|o| o.interval))
+        .unwrap_or(DEFAULT_INTERVAL);
+
+    // Two workers: the delivery task never waits behind a slow HTTP client.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // The gRPC channel spawns its connection task on the runtime it is built in.
+    let transport = {
+        let _in_runtime = runtime.enter();
+        otlp.as_ref()
+            .map(|o| Transport::new(o).map(|t| (t, o)))
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+    };
     let listener = runtime
         .block_on(api::bind(config.listen))
         .map_err(anyhow::Error::msg)?;
@@ -103,19 +134,42 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
             Some(e) => log::warn!("probe {} not attached: {e}", probe.name),
         }
     }
+
+    let (stop_delivery, stop_rx) = tokio::sync::watch::channel(false);
+    let mut exporter = Exporter {
+        store: Store::default(),
+        filter: config.export.filter(),
+        agent: AgentResource::from_env(|k| std::env::var(k).ok()),
+        otlp: None,
+    };
+    let delivery = transport.map(|(transport, settings)| {
+        let queue = Arc::new(Queue::new(QueueLimits::default()));
+        exporter.otlp = Some((queue.clone(), settings.temporality));
+        log::info!(
+            "exporting OTLP to {} ({:?}{}, {:?} temporality)",
+            settings.endpoint,
+            settings.protocol,
+            if settings.gzip { ", gzip" } else { "" },
+            settings.temporality
+        );
+        runtime.spawn(delivery::run(
+            queue,
+            transport,
+            stop_rx,
+            Duration::from_secs(5),
+        ))
+    });
     log::info!(
-        "serving http://{}/api/v1/snapshot, window {:?}",
-        config.listen,
-        config.interval
+        "serving http://{}/metrics and /api/v1/..., window {interval:?}",
+        config.listen
     );
 
     let (latest_tx, latest_rx) = tokio::sync::watch::channel(None);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let interval = config.interval;
     // File reads and map syscalls block: the sampler has its own thread.
     let sampling = std::thread::Builder::new()
         .name("sampler".into())
-        .spawn(move || sample_loop(sampler, interval, &stop_rx, &latest_tx))
+        .spawn(move || sample_loop(sampler, exporter, interval, &stop_rx, &latest_tx))
         .context("starting the sampler thread")?;
 
     let served = runtime.block_on(async {
@@ -127,6 +181,11 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
     if sampling.join().is_err() {
         log::error!("the sampler thread panicked");
     }
+    // The last window is queued: give the collector a few seconds for it.
+    let _ = stop_delivery.send(true);
+    if let Some(task) = delivery {
+        let _ = runtime.block_on(task);
+    }
     log::info!("stopped; probes detached");
     served.context("HTTP server")
 }
@@ -135,9 +194,10 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
 /// which detaches the probes.
 fn sample_loop(
     mut sampler: Sampler,
+    mut exporter: Exporter,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
-    latest: &tokio::sync::watch::Sender<Option<std::sync::Arc<str>>>,
+    latest: &tokio::sync::watch::Sender<Option<Arc<Published>>>,
 ) {
     let mut deadline = Instant::now() + interval;
     // Anything but a timeout (a stop message, or the sender gone) ends the loop.
@@ -145,10 +205,17 @@ fn sample_loop(
         stop.recv_timeout(deadline.saturating_duration_since(Instant::now()))
     {
         deadline += interval;
+        let started = Instant::now();
         let snapshot = sampler.sample(None);
+        let scan = started.elapsed();
+        let metrics = exporter.window(&snapshot, scan);
         match serde_json::to_string(&snapshot) {
             Ok(json) => {
-                latest.send_replace(Some(json.into()));
+                latest.send_replace(Some(Arc::new(Published {
+                    snapshot,
+                    json,
+                    metrics,
+                })));
             }
             Err(e) => log::error!("cannot serialise the snapshot: {e}"),
         }

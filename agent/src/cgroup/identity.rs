@@ -25,6 +25,29 @@ pub enum CgroupKind {
     Other,
 }
 
+impl CgroupKind {
+    pub const ALL: [Self; 6] = [
+        Self::Root,
+        Self::Pod,
+        Self::Container,
+        Self::Service,
+        Self::Slice,
+        Self::Other,
+    ];
+
+    /// The name the snapshot and the exporters use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Pod => "pod",
+            Self::Container => "container",
+            Self::Service => "service",
+            Self::Slice => "slice",
+            Self::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Runtime {
     #[serde(rename = "containerd")]

@@ -1,0 +1,205 @@
+//! The HTTP API, described by `docs/openapi.yaml`:
+//! - `GET /metrics`: Prometheus text (rendered once per window);
+//! - `GET /api/v1/containers`: pods and containers of the latest window;
+//!   `GET /api/v1/containers/{id}`: one, by container id, pod UID or cgroup id;
+//! - `GET /api/v1/host`: the host, the probes, the window;
+//! - `GET /api/v1/snapshot`: the whole `cgscope.snapshot/v1` window;
+//! - `GET /healthz` (the process serves), `GET /readyz` (probes attached and the
+//!   first window complete).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::{
+    cgroup::identity::CgroupKind,
+    sample::{CgroupSample, Host, ProbeStatus, Snapshot},
+};
+
+/// One window, as every endpoint serves it.
+#[derive(Debug)]
+pub struct Published {
+    pub snapshot: Snapshot,
+    /// The whole snapshot as JSON, serialised once.
+    pub json: String,
+    pub metrics: String,
+}
+
+/// The latest window; `None` until the first one ends.
+pub type Latest = watch::Receiver<Option<Arc<Published>>>;
+
+pub fn router(latest: Latest) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/snapshot", get(snapshot))
+        .route("/api/v1/host", get(host))
+        .route("/api/v1/containers", get(containers))
+        .route("/api/v1/containers/{id}", get(container))
+        .with_state(latest)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn not_ready() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the first window has not ended yet",
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    probes: &'a [ProbeStatus],
+}
+
+async fn readyz(State(latest): State<Latest>) -> Response {
+    let Some(p) = latest.borrow().clone() else {
+        return not_ready();
+    };
+    // Ready: every probe's attach was tried (a failed or disabled one is reported,
+    // not waited for: it will not attach later) and a window is complete.
+    Json(Readiness {
+        ready: true,
+        probes: &p.snapshot.probes,
+    })
+    .into_response()
+}
+
+async fn metrics(State(latest): State<Latest>) -> Response {
+    match latest.borrow().clone() {
+        Some(p) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            p.metrics.clone(),
+        )
+            .into_response(),
+        None => not_ready(),
+    }
+}
+
+async fn snapshot(State(latest): State<Latest>) -> Response {
+    match latest.borrow().clone() {
+        Some(p) => ([(header::CONTENT_TYPE, "application/json")], p.json.clone()).into_response(),
+        None => not_ready(),
+    }
+}
+
+#[derive(Serialize)]
+struct HostView<'a> {
+    schema: &'static str,
+    timestamp_seconds: f64,
+    window_seconds: f64,
+    host: &'a Host,
+    probes: &'a [ProbeStatus],
+    /// The root cgroup's window (everything on the node).
+    root: Option<&'a CgroupSample>,
+}
+
+async fn host(State(latest): State<Latest>) -> Response {
+    let Some(p) = latest.borrow().clone() else {
+        return not_ready();
+    };
+    let s = &p.snapshot;
+    Json(HostView {
+        schema: s.schema,
+        timestamp_seconds: s.timestamp_seconds,
+        window_seconds: s.window_seconds,
+        host: &s.host,
+        probes: &s.probes,
+        root: s.cgroups.iter().find(|c| c.kind == CgroupKind::Root),
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct ContainersView<'a> {
+    schema: &'static str,
+    timestamp_seconds: f64,
+    window_seconds: f64,
+    containers: Vec<&'a CgroupSample>,
+}
+
+fn is_container(c: &CgroupSample) -> bool {
+    matches!(c.kind, CgroupKind::Pod | CgroupKind::Container)
+}
+
+async fn containers(State(latest): State<Latest>) -> Response {
+    let Some(p) = latest.borrow().clone() else {
+        return not_ready();
+    };
+    let s = &p.snapshot;
+    Json(ContainersView {
+        schema: s.schema,
+        timestamp_seconds: s.timestamp_seconds,
+        window_seconds: s.window_seconds,
+        containers: s.cgroups.iter().filter(|c| is_container(c)).collect(),
+    })
+    .into_response()
+}
+
+/// Matches a container id (or a unique prefix of at least 12 digits, as `docker ps`
+/// shows it), a pod UID, or a cgroup id.
+fn matches(c: &CgroupSample, id: &str) -> bool {
+    let m = c.container.as_ref();
+    let container_id = m.and_then(|m| m.id.as_deref());
+    container_id == Some(id)
+        || (id.len() >= 12 && container_id.is_some_and(|c| c.starts_with(id)))
+        || (c.kind == CgroupKind::Pod && m.and_then(|m| m.pod_uid.as_deref()) == Some(id))
+        || id.parse::<u64>().is_ok_and(|n| n == c.id)
+}
+
+async fn container(State(latest): State<Latest>, Path(id): Path<String>) -> Response {
+    let Some(p) = latest.borrow().clone() else {
+        return not_ready();
+    };
+    let found: Vec<&CgroupSample> = p
+        .snapshot
+        .cgroups
+        .iter()
+        .filter(|c| is_container(c) && matches(c, &id))
+        .collect();
+    match found.as_slice() {
+        [one] => Json(one).into_response(),
+        [] => error(
+            StatusCode::NOT_FOUND,
+            &format!("no container or pod {id:?} in the latest window"),
+        ),
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{id:?} matches {} containers; give more digits",
+                found.len()
+            ),
+        ),
+    }
+}
+
+/// Binds `addr`; the error names the address. Any address but loopback is
+/// announced with a warning: the API has no authentication.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    if !addr.ip().is_loopback() {
+        log::warn!("the HTTP API listens on {addr}, beyond this host: it has no authentication");
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}

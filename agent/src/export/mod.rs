@@ -1,0 +1,88 @@
+//! Everything that leaves the agent: OTLP metrics, Prometheus `/metrics` and the REST
+//! API, all read from the same window's [`Snapshot`].
+//!
+//! Per window, on the sampler thread: the [store](store::Store) adds the window to
+//! its cumulative series; the Prometheus text is rendered once; the OTLP request is
+//! encoded once and queued for the [delivery](delivery) task, which alone talks to
+//! the collector. Nothing on this path waits for the network.
+
+pub mod api;
+pub mod catalogue;
+pub mod delivery;
+pub mod filter;
+pub mod otlp;
+pub mod points;
+pub mod prometheus;
+pub mod resource;
+pub mod settings;
+pub mod store;
+pub mod transport;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use crate::sample::Snapshot;
+
+use self::{
+    delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample,
+    resource::AgentResource, store::Store,
+};
+
+/// The exporters' per-window work.
+pub struct Exporter {
+    pub store: Store,
+    pub filter: Filter,
+    pub agent: AgentResource,
+    /// The OTLP queue and temporality, when OTLP export is on.
+    pub otlp: Option<(Arc<Queue>, Temporality)>,
+}
+
+impl Exporter {
+    /// Adds the window; queues the OTLP batch; returns the Prometheus text.
+    pub fn window(&mut self, snapshot: &Snapshot, scan: Duration) -> String {
+        let agent = self.agent_sample(snapshot, scan);
+        self.store.update(snapshot, &agent, &self.filter);
+        if let Some((queue, temporality)) = &self.otlp {
+            queue.push(otlp::encode(&self.store, &self.agent, *temporality).into());
+        }
+        prometheus::render(&self.store, &self.agent)
+    }
+
+    fn agent_sample(&self, snapshot: &Snapshot, scan: Duration) -> AgentSample {
+        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok();
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        let mut a = AgentSample {
+            user_seconds: usage.map_or(0.0, |u| seconds(u.user_time())),
+            system_seconds: usage.map_or(0.0, |u| seconds(u.system_time())),
+            rss_bytes: self_rss_bytes(),
+            scan_seconds: scan.as_secs_f64(),
+            cgroups: snapshot.cgroups.len() as u64,
+            series_overflow: self.store.overflowed,
+            ..AgentSample::default()
+        };
+        if let Some((queue, _)) = &self.otlp {
+            let s = &queue.stats;
+            a.export_sent = Some(s.sent.load(Ordering::Relaxed));
+            a.export_failures = s
+                .failures
+                .lock()
+                .map(|f| f.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            a.export_dropped = vec![
+                ("queue_full", s.dropped_queue_full.load(Ordering::Relaxed)),
+                ("rejected", s.dropped_rejected.load(Ordering::Relaxed)),
+            ];
+        }
+        a
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (second field, in pages).
+fn self_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    Some(pages * page as u64)
+}

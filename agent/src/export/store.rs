@@ -1,0 +1,292 @@
+//! The exporters' state: every live series with its cumulative value and start time,
+//! and what the last window added. The snapshot carries window deltas; summing them
+//! here keeps cumulative counters continuous whatever happens to the collector (a
+//! failed export loses nothing: the next one carries the totals).
+//!
+//! A series lives while its cgroup and its data do: a series absent from a window is
+//! forgotten (a removed cgroup's last window is still exported once), and if it comes
+//! back it starts again with a new start time, as OTLP requires.
+
+use std::collections::BTreeMap;
+
+use cgscope_common::histogram::{BUCKETS, OTLP_OFFSET, SCALE};
+
+use super::{
+    catalogue::{Instrument, Metric},
+    filter::{Filter, Verdict},
+    points::{self, AgentSample, Attributes, Point, PointValue, Points},
+};
+use crate::{histogram::ExponentialHistogram, sample::Snapshot};
+
+/// What a resource is: one per exported cgroup, plus the host and the agent itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKey {
+    /// The agent (`cgscope.*`) and the host (`system.*`): the node.
+    Node,
+    /// A cgroup, by id.
+    Cgroup(u64),
+}
+
+/// A histogram's counts in the kernel's full bucket layout (bucket `i` is OTLP index
+/// `OTLP_OFFSET + i` at [`SCALE`]), so windows add without re-bucketing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramCounts {
+    pub count: u64,
+    pub sum_seconds: f64,
+    pub zero_count: u64,
+    pub zero_threshold_seconds: f64,
+    pub buckets: Box<[u64; BUCKETS]>,
+}
+
+impl HistogramCounts {
+    fn new(zero_threshold_seconds: f64) -> Self {
+        Self {
+            count: 0,
+            sum_seconds: 0.0,
+            zero_count: 0,
+            zero_threshold_seconds,
+            buckets: Box::new([0; BUCKETS]),
+        }
+    }
+
+    fn add(&mut self, h: &ExponentialHistogram) {
+        debug_assert_eq!(h.scale, SCALE);
+        self.count += h.count;
+        self.sum_seconds += h.sum_seconds;
+        self.zero_count += h.zero_count;
+        let first = (h.offset - OTLP_OFFSET).max(0) as usize;
+        for (slot, n) in self.buckets[first..].iter_mut().zip(&h.bucket_counts) {
+            *slot += n;
+        }
+    }
+
+    /// OTLP index of the first non-empty bucket and the counts up to the last one.
+    pub fn dense(&self) -> (i32, &[u64]) {
+        match (
+            self.buckets.iter().position(|&n| n > 0),
+            self.buckets.iter().rposition(|&n| n > 0),
+        ) {
+            (Some(first), Some(last)) => (OTLP_OFFSET + first as i32, &self.buckets[first..=last]),
+            _ => (OTLP_OFFSET, &[]),
+        }
+    }
+}
+
+/// A value, cumulative or of one window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Double(f64),
+    Histogram(HistogramCounts),
+}
+
+impl Value {
+    /// A number's value (a histogram's sum).
+    pub fn as_f64(&self) -> f64 {
+        match self {
+            Self::Int(n) => *n as f64,
+            Self::Double(x) => *x,
+            Self::Histogram(h) => h.sum_seconds,
+        }
+    }
+
+    fn from_point(v: &PointValue<'_>) -> Self {
+        match v {
+            PointValue::Int(n) | PointValue::TotalInt(n) => Self::Int(*n),
+            PointValue::Double(x) | PointValue::TotalDouble(x) => Self::Double(*x),
+            PointValue::Histogram(h) => {
+                let mut counts = HistogramCounts::new(h.zero_threshold_seconds);
+                counts.add(h);
+                Self::Histogram(counts)
+            }
+        }
+    }
+
+    /// Adds a window (counters, histograms) or replaces the value (gauges, totals).
+    fn update(&mut self, instrument: Instrument, v: &PointValue<'_>) {
+        match (self, v) {
+            (Self::Int(a), PointValue::Int(b)) if instrument == Instrument::Counter => *a += b,
+            (Self::Double(a), PointValue::Double(b)) if instrument == Instrument::Counter => {
+                *a += b
+            }
+            (Self::Histogram(a), PointValue::Histogram(b)) => a.add(b),
+            (slot, v) => *slot = Self::from_point(v),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub metric: &'static Metric,
+    pub attributes: Attributes,
+    /// When this series began accumulating (the start of its first window).
+    pub start_unix_nano: u64,
+    /// Cumulative for counters and histograms, the last value for gauges.
+    pub total: Value,
+    /// What the last window recorded (for gauges, the value).
+    pub window: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Identity attributes of the cgroup (the agent's are added at export).
+    pub attributes: Attributes,
+    /// When the resource was first seen (its cgroup's first window).
+    pub first_seen_unix_nano: u64,
+    pub series: BTreeMap<(&'static str, Attributes), Series>,
+}
+
+/// Live series of every exported resource.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub resources: BTreeMap<ResourceKey, Resource>,
+    /// Start and end of the last window.
+    pub window_start_unix_nano: u64,
+    pub window_end_unix_nano: u64,
+    /// Points folded into overflow series since start (the series cap was reached).
+    pub overflowed: u64,
+}
+
+impl Store {
+    /// Adds one window: cgroups the filter passes, and the host's `system.*` series.
+    /// Cgroups and series that the window did not carry are forgotten.
+    pub fn update(&mut self, snapshot: &Snapshot, agent: &AgentSample, filter: &Filter) {
+        let end = (snapshot.timestamp_seconds * 1e9) as u64;
+        let start = end.saturating_sub((snapshot.window_seconds * 1e9) as u64);
+        self.window_start_unix_nano = start;
+        self.window_end_unix_nano = end;
+        let mut window = Window {
+            previous: std::mem::take(&mut self.resources),
+            next: BTreeMap::new(),
+            series_per_metric: BTreeMap::new(),
+            max_series: filter.max_series,
+            start,
+            overflow: Vec::new(),
+        };
+
+        let mut node = Points(Vec::new());
+        points::host(&snapshot.host.window, &mut node);
+        points::agent(agent, &snapshot.probes, &mut node);
+        window.carry(ResourceKey::Node, Vec::new(), start, node.0);
+
+        for c in &snapshot.cgroups {
+            let key = ResourceKey::Cgroup(c.id);
+            let first_seen = window
+                .previous
+                .get(&key)
+                .map_or(start, |r| r.first_seen_unix_nano);
+            let age_seconds = end.saturating_sub(first_seen) as f64 * 1e-9;
+            match filter.verdict(c, age_seconds) {
+                Verdict::Export => {
+                    let mut points = Points(Vec::new());
+                    points::cgroup(c, snapshot.window_seconds, &mut points);
+                    let attributes = super::resource::cgroup_attributes(c);
+                    window.carry(key, attributes, first_seen, points.0);
+                }
+                // Too young: remember when it was first seen, export nothing yet.
+                Verdict::Wait => window.carry(key, Vec::new(), first_seen, Vec::new()),
+                Verdict::Skip => {}
+            }
+        }
+
+        // Points beyond the cap: one overflow series per metric on the node resource,
+        // as the OTel SDKs do (`otel.metric.overflow=true`).
+        self.overflowed += window.overflow.len() as u64;
+        let overflow = std::mem::take(&mut window.overflow);
+        for p in overflow {
+            let attributes = vec![("otel.metric.overflow", "true".to_owned())];
+            window.add(ResourceKey::Node, &Point { attributes, ..p });
+        }
+        self.resources = window.next;
+    }
+
+    /// Every series with the resource it belongs to.
+    pub fn series(&self) -> impl Iterator<Item = (ResourceKey, &Resource, &Series)> {
+        self.resources
+            .iter()
+            .flat_map(|(k, r)| r.series.values().map(move |s| (*k, r, s)))
+    }
+}
+
+/// One window being added: the series of the previous window are moved, not copied,
+/// into the next.
+struct Window<'a> {
+    previous: BTreeMap<ResourceKey, Resource>,
+    next: BTreeMap<ResourceKey, Resource>,
+    series_per_metric: BTreeMap<&'static str, usize>,
+    max_series: usize,
+    start: u64,
+    overflow: Vec<Point<'a>>,
+}
+
+impl<'a> Window<'a> {
+    fn carry(
+        &mut self,
+        key: ResourceKey,
+        attributes: Attributes,
+        first_seen: u64,
+        points: Vec<Point<'a>>,
+    ) {
+        self.next.insert(
+            key,
+            Resource {
+                attributes,
+                first_seen_unix_nano: first_seen,
+                series: BTreeMap::new(),
+            },
+        );
+        for p in points {
+            let seen = self.series_per_metric.entry(p.metric.name).or_default();
+            if *seen >= self.max_series {
+                self.overflow.push(p);
+                continue;
+            }
+            *seen += 1;
+            self.add(key, &p);
+        }
+    }
+
+    /// Adds a point to its series in `next`: continues the previous window's series,
+    /// or starts one at this window's start.
+    fn add(&mut self, key: ResourceKey, p: &Point<'_>) {
+        let id = (p.metric.name, p.attributes.clone());
+        let Some(resource) = self.next.get_mut(&key) else {
+            return;
+        };
+        if let Some(s) = resource.series.get_mut(&id) {
+            // A second point of the same series in one window (overflow): add up.
+            s.total.update(p.metric.instrument, &p.value);
+            s.window.update(p.metric.instrument, &p.value);
+            return;
+        }
+        let before = self
+            .previous
+            .get_mut(&key)
+            .and_then(|r| r.series.remove(&id));
+        let window = Value::from_point(&p.value);
+        let series = match before {
+            Some(mut s) => {
+                s.window = match (&p.value, &s.total) {
+                    // A total read from a counter: the window is the difference.
+                    (PointValue::TotalInt(now), Value::Int(before)) => {
+                        Value::Int(now.saturating_sub(*before))
+                    }
+                    (PointValue::TotalDouble(now), Value::Double(before)) => {
+                        Value::Double((now - before).max(0.0))
+                    }
+                    _ => window,
+                };
+                s.total.update(p.metric.instrument, &p.value);
+                s
+            }
+            None => Series {
+                metric: p.metric,
+                attributes: p.attributes.clone(),
+                start_unix_nano: self.start,
+                total: window.clone(),
+                window,
+            },
+        };
+        resource.series.insert(id, series);
+    }
+}
