@@ -4,13 +4,11 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::TestCgroup;
+use common::{http_get, TestCgroup};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
@@ -43,24 +41,6 @@ fn programs_left_after(within: Duration) -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Asserts the keys the `cgscope.snapshot/v1` contract promises.
@@ -181,13 +161,13 @@ fn run_serves_the_api_and_detaches_on_sigterm() {
             started.elapsed() < Duration::from_secs(20),
             "no snapshot served within 20s"
         );
-        if let Ok((200, body)) = get(addr, "/api/v1/snapshot") {
+        if let Ok((200, body)) = http_get(addr, "/api/v1/snapshot") {
             break body;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_snapshot_contract(&serde_json::from_str(&snapshot).expect("API JSON"));
-    assert_eq!(get(addr, "/healthz").expect("healthz").0, 200);
+    assert_eq!(http_get(addr, "/healthz").expect("healthz").0, 200);
     assert!(
         !our_programs().is_empty(),
         "agent runs without its programs"

@@ -26,6 +26,8 @@ pub enum Bench {
     Io,
     /// TCP probe vs a bpftrace tcp_probe histogram, on iperf3 and request/response.
     Net,
+    /// One OTLP export of 500 containers vs the Prometheus text of the same series.
+    Export,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +167,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Cgroups => cmd::cargo(&["bench", "-q", "-p", "cgscope", "--bench", "scan"]),
         Bench::Io => crate::bench_probes::io(args.rounds),
         Bench::Net => crate::bench_probes::net(args.rounds),
+        Bench::Export => cmd::cargo(&["bench", "-q", "-p", "cgscope", "--bench", "export"]),
     }
 }
 

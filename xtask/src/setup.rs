@@ -61,7 +61,18 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "containerd",
         "cri test: a real CRI server (runs no pods, creates no cgroups)",
     ),
+    (
+        "prometheus",
+        "export test: Prometheus scrapes /metrics and answers PromQL; promtool lints it",
+    ),
 ];
+
+/// PyPI packages (pinned), with why.
+pub const PYPI_PACKAGES: &[(&str, &str, &str)] = &[(
+    "rotel",
+    "0.0.1a15",
+    "export tests: a real OTLP collector (gRPC and HTTP) printing what it receives",
+)];
 
 /// The nightly that builds `agent-ebpf`; defined once, in `agent-ebpf/rust-toolchain-pin`.
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
@@ -133,6 +144,22 @@ pub fn run() -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
         did.push(format!("installed Debian packages {}", missing.join(" ")));
+    }
+
+    for (package, version, _) in PYPI_PACKAGES {
+        let installed = cmd::output(Command::new("python3").args(["-m", "pip", "show", package]))
+            .is_ok_and(|out| out.lines().any(|l| l == format!("Version: {version}")));
+        if !installed {
+            cmd::run(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--root-user-action=ignore",
+                &format!("{package}=={version}"),
+            ]))?;
+            did.push(format!("installed PyPI {package}=={version}"));
+        }
     }
 
     if did.is_empty() {

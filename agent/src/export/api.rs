@@ -138,6 +138,14 @@ struct ContainersView<'a> {
     containers: Vec<&'a CgroupSample>,
 }
 
+#[derive(Serialize)]
+struct ContainerView<'a> {
+    schema: &'static str,
+    timestamp_seconds: f64,
+    window_seconds: f64,
+    container: &'a CgroupSample,
+}
+
 fn is_container(c: &CgroupSample) -> bool {
     matches!(c.kind, CgroupKind::Pod | CgroupKind::Container)
 }
@@ -178,7 +186,13 @@ async fn container(State(latest): State<Latest>, Path(id): Path<String>) -> Resp
         .filter(|c| is_container(c) && matches(c, &id))
         .collect();
     match found.as_slice() {
-        [one] => Json(one).into_response(),
+        [one] => Json(ContainerView {
+            schema: p.snapshot.schema,
+            timestamp_seconds: p.snapshot.timestamp_seconds,
+            window_seconds: p.snapshot.window_seconds,
+            container: one,
+        })
+        .into_response(),
         [] => error(
             StatusCode::NOT_FOUND,
             &format!("no container or pod {id:?} in the latest window"),

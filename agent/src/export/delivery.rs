@@ -37,7 +37,9 @@ impl Default for QueueLimits {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Short enough that export resumes within seconds of the collector's return; one
+/// connection attempt per node every few seconds is no load for a collector.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the exporter did since start (cgscope's own `cgscope.export.*` series).
 #[derive(Debug, Default)]
@@ -240,6 +242,11 @@ pub async fn run(
                     () = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => {}
                 }
+            }
+            // Stopping: one failed attempt ends the drain.
+            Err(e) if stop_at.is_some() => {
+                queue.failed(&e.kind);
+                break;
             }
             Err(e) => {
                 queue.failed(&e.kind);

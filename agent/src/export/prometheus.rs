@@ -112,9 +112,9 @@ pub fn render(store: &Store, agent: &AgentResource) -> String {
             Instrument::Gauge => "gauge",
             Instrument::Histogram => "histogram",
         };
-        let family = name.strip_suffix("_total").unwrap_or(&name);
-        let _ = writeln!(out, "# HELP {family} {}", metric.description);
-        let _ = writeln!(out, "# TYPE {family} {kind}");
+        // Text format 0.0.4: the family of a counter is its full name.
+        let _ = writeln!(out, "# HELP {name} {}", metric.description);
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         for (resource, s) in &series[start..end] {
             match &s.total {
                 Value::Int(_) | Value::Double(_) => {

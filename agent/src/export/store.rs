@@ -102,6 +102,20 @@ impl Value {
         }
     }
 
+    /// Becomes `v` (reusing a histogram's buckets).
+    fn set(&mut self, v: &PointValue<'_>) {
+        match (self, v) {
+            (Self::Histogram(mine), PointValue::Histogram(h)) => {
+                mine.buckets.fill(0);
+                mine.count = 0;
+                mine.sum_seconds = 0.0;
+                mine.zero_count = 0;
+                mine.add(h);
+            }
+            (slot, v) => *slot = Self::from_point(v),
+        }
+    }
+
     /// Adds a window (counters, histograms) or replaces the value (gauges, totals).
     fn update(&mut self, instrument: Instrument, v: &PointValue<'_>) {
         match (self, v) {
@@ -195,7 +209,7 @@ impl Store {
         let overflow = std::mem::take(&mut window.overflow);
         for p in overflow {
             let attributes = vec![("otel.metric.overflow", "true".to_owned())];
-            window.add(ResourceKey::Node, &Point { attributes, ..p });
+            window.add(ResourceKey::Node, Point { attributes, ..p });
         }
         self.resources = window.next;
     }
@@ -242,14 +256,14 @@ impl<'a> Window<'a> {
                 continue;
             }
             *seen += 1;
-            self.add(key, &p);
+            self.add(key, p);
         }
     }
 
     /// Adds a point to its series in `next`: continues the previous window's series,
     /// or starts one at this window's start.
-    fn add(&mut self, key: ResourceKey, p: &Point<'_>) {
-        let id = (p.metric.name, p.attributes.clone());
+    fn add(&mut self, key: ResourceKey, p: Point<'_>) {
+        let id = (p.metric.name, p.attributes);
         let Some(resource) = self.next.get_mut(&key) else {
             return;
         };
@@ -263,29 +277,31 @@ impl<'a> Window<'a> {
             .previous
             .get_mut(&key)
             .and_then(|r| r.series.remove(&id));
-        let window = Value::from_point(&p.value);
         let series = match before {
             Some(mut s) => {
-                s.window = match (&p.value, &s.total) {
+                match (&p.value, &s.total) {
                     // A total read from a counter: the window is the difference.
                     (PointValue::TotalInt(now), Value::Int(before)) => {
-                        Value::Int(now.saturating_sub(*before))
+                        s.window = Value::Int(now.saturating_sub(*before))
                     }
                     (PointValue::TotalDouble(now), Value::Double(before)) => {
-                        Value::Double((now - before).max(0.0))
+                        s.window = Value::Double((now - before).max(0.0))
                     }
-                    _ => window,
-                };
+                    _ => s.window.set(&p.value),
+                }
                 s.total.update(p.metric.instrument, &p.value);
                 s
             }
-            None => Series {
-                metric: p.metric,
-                attributes: p.attributes.clone(),
-                start_unix_nano: self.start,
-                total: window.clone(),
-                window,
-            },
+            None => {
+                let window = Value::from_point(&p.value);
+                Series {
+                    metric: p.metric,
+                    attributes: id.1.clone(),
+                    start_unix_nano: self.start,
+                    total: window.clone(),
+                    window,
+                }
+            }
         };
         resource.series.insert(id, series);
     }

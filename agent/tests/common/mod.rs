@@ -83,12 +83,17 @@ impl TestCgroup {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
             .expect("move child into the test cgroup");
         if let Some(cpu) = cpu {
-            let mut set = CpuSet::new();
-            set.set(cpu).expect("cpu index");
-            sched_setaffinity(pid, &set).expect("pin child");
+            pin(pid, cpu);
         }
         pid
     }
+}
+
+/// Pins a child this test started to one CPU.
+pub fn pin(pid: Pid, cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    sched_setaffinity(pid, &set).expect("pin child");
 }
 
 /// Kills and reaps the children a test started.
@@ -441,4 +446,43 @@ pub fn stop_agent(mut agent: std::process::Child) -> (std::process::ExitStatus, 
         let _ = pipe.read_to_string(&mut stderr);
     }
     (status, stderr)
+}
+
+/// `GET path` over HTTP/1.0; the status and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A loopback port nobody listens on (the kernel's pick, released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A process this test started (a collector, Prometheus, the agent): SIGTERM to its
+/// PID, and only its PID, when dropped.
+pub struct Peer(pub std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }

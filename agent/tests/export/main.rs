@@ -1,0 +1,328 @@
+//! The exporters against real peers: the rotel collector over OTLP/gRPC and
+//! OTLP/HTTP (its debug output parsed and compared with the snapshot), Prometheus
+//! scraping `/metrics` and answering PromQL, and a collector that goes away, refuses
+//! or hangs.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod failures;
+mod peers;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{free_port, http_get, spin, Peer, TestTree};
+use peers::{rotel, RotelOutput};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
+const POD_UID: &str = "4a0c5e1d-2b3f-4c6d-8e9f-0a1b2c3d4e5f";
+const CONTAINER_ID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// One agent at a time: they share the CPU the workloads measure.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A kubepods-style container with two spinners sharing CPU 0 (so it has run-queue
+/// latency), and its path as cgscope reports it.
+fn busy_container(name: &str) -> (TestTree, String) {
+    let mut tree = TestTree::create(name);
+    let pod = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        POD_UID.replace('-', "_")
+    );
+    let container = format!("{pod}/cri-containerd-{CONTAINER_ID}.scope");
+    let path = tree.mkdir(&container);
+    for _ in 0..2 {
+        let pid = tree.spawn(&container, || {}, spin);
+        common::pin(pid, 0);
+    }
+    (tree, path)
+}
+
+/// Starts `cgscope run` with a 1 s window, exporting only below `top`.
+fn agent(listen: &str, top: &str, env: &[(&str, &str)]) -> Peer {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        "--interval",
+        "1s",
+        "--listen",
+        listen,
+        "--include-path",
+        top,
+    ])
+    .env("NODE_NAME", "test-node")
+    .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Peer(cmd.spawn().expect("start cgscope run"))
+}
+
+/// Window end (ns) → the container's run-queue histogram in that window, from
+/// `/api/v1/containers/{id}`, polled for `duration`.
+fn windows(listen: &str, duration: Duration) -> BTreeMap<u64, Value> {
+    let mut seen = BTreeMap::new();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if let Ok((200, body)) = http_get(listen, &format!("/api/v1/containers/{CONTAINER_ID}")) {
+            let c: Value = serde_json::from_str(&body).expect("container JSON");
+            let h = &c["container"]["cpu"]["runq_latency"]["histogram"];
+            if h.is_object() {
+                let ts = (c["timestamp_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;
+                seen.insert(ts, h.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    seen
+}
+
+/// `(OTLP bucket index, count)` of the non-empty buckets of a snapshot histogram.
+fn snapshot_buckets(h: &Value) -> Vec<(i32, u64)> {
+    let offset = h["offset"].as_i64().unwrap_or(0) as i32;
+    h["bucket_counts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            n.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| (offset + i as i32, n))
+        })
+        .collect()
+}
+
+fn exports_the_container(protocol: &str, temporality: &str) {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let (grpc, http) = (free_port(), free_port());
+    let collector = rotel(grpc, http);
+    let (tree, path) = busy_container(&format!("otlp-{}", protocol.replace('/', "-")));
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{grpc}"),
+        _ => format!("http://127.0.0.1:{http}"),
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let agent = agent(
+        &listen,
+        &tree.top.path,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                temporality,
+            ),
+        ],
+    );
+    let windows = windows(&listen, Duration::from_secs(6));
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = RotelOutput::parse(&collector.output());
+    drop(collector);
+
+    let resource = out
+        .resources
+        .iter()
+        .rev()
+        .find(|r| r.attributes.get("container.id").map(String::as_str) == Some(CONTAINER_ID))
+        .unwrap_or_else(|| {
+            panic!("no resource with container.id {CONTAINER_ID} in rotel's output")
+        });
+    let attr = |k: &str| resource.attributes.get(k).map(String::as_str);
+    assert_eq!(attr("service.name"), Some("cgscope"));
+    assert_eq!(attr("k8s.node.name"), Some("test-node"));
+    assert_eq!(attr("deployment.environment"), Some("ci"));
+    assert_eq!(attr("k8s.pod.uid"), Some(POD_UID));
+    assert_eq!(attr("container.runtime.name"), Some("containerd"));
+    assert_eq!(attr("cgscope.cgroup.path"), Some(path.as_str()));
+    let unit = |name: &str| resource.metrics.get(name).map(|m| m.unit.as_str());
+    assert_eq!(unit("container.cpu.time"), Some("s"));
+    assert_eq!(unit("container.cpu.usage"), Some("{cpu}"));
+    assert_eq!(unit("container.cpu.runq.latency"), Some("s"));
+
+    // Every exported run-queue point against the snapshot windows.
+    let points = out.histogram_points(CONTAINER_ID, "container.cpu.runq.latency");
+    assert!(points.len() >= 3, "too few exports: {}", points.len());
+    let mut compared = 0;
+    for pair in points.windows(2) {
+        let (before, now) = (&pair[0], &pair[1]);
+        let Some(window) = windows.get(&now.time_unix_nano) else {
+            continue;
+        };
+        let want = snapshot_buckets(window);
+        let got = match temporality {
+            // Each delta point is one window.
+            "delta" => now.buckets.clone(),
+            // Consecutive cumulative points differ by one window, from one start.
+            _ => {
+                assert_eq!(
+                    now.start_unix_nano, before.start_unix_nano,
+                    "start time moved"
+                );
+                assert!(now.start_unix_nano > 0 && now.start_unix_nano < now.time_unix_nano);
+                now.minus(before)
+            }
+        };
+        assert_eq!(got, want, "window ending {}", now.time_unix_nano);
+        compared += 1;
+    }
+    assert!(
+        compared >= 2,
+        "only {compared} exports matched a polled window"
+    );
+    drop(tree);
+}
+
+#[test]
+fn otlp_grpc_cumulative_matches_the_snapshot() {
+    exports_the_container("grpc", "cumulative");
+}
+
+#[test]
+fn otlp_http_delta_matches_the_snapshot() {
+    exports_the_container("http/protobuf", "delta");
+}
+
+/// A PromQL instant query; the result vector.
+fn promql(port: u16, query: &str) -> Vec<Value> {
+    let mut encoded = String::new();
+    for b in query.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => encoded.push(b as char),
+            _ => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let Ok((200, body)) = http_get(
+        &format!("127.0.0.1:{port}"),
+        &format!("/api/v1/query?query={encoded}"),
+    ) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn prometheus_scrapes_and_answers_promql() {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let (tree, path) = busy_container("prometheus");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _agent = agent(&listen, &tree.top.path, &[]);
+    let prom = peers::prometheus(&listen, free_port());
+
+    // The exposition itself passes promtool's lint.
+    let started = Instant::now();
+    let text = loop {
+        match http_get(&listen, "/metrics") {
+            Ok((200, body)) => break body,
+            _ if started.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("/metrics: {other:?}"),
+        }
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (run cargo xtask setup)");
+    {
+        use std::io::Write as _;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let lint = promtool.wait_with_output().expect("promtool");
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // Every path of the OpenAPI description answers, JSON where it says so.
+    let openapi =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+            .expect("docs/openapi.yaml");
+    let paths: Vec<&str> = openapi
+        .lines()
+        .filter_map(|l| l.strip_prefix("  /")?.strip_suffix(':'))
+        .collect();
+    assert!(paths.len() >= 7, "{paths:?}");
+    for p in paths {
+        let url = format!("/{}", p.replace("{id}", CONTAINER_ID));
+        let (status, body) = http_get(&listen, &url).expect("GET");
+        assert_eq!(status, 200, "{url}: {body}");
+        if url.starts_with("/api/") {
+            let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(v["schema"], "cgscope.snapshot/v1", "{url}");
+        }
+    }
+    let (status, _) = http_get(&listen, "/api/v1/containers/ffffffffffffffff").expect("GET");
+    assert_eq!(status, 404);
+
+    let selector = format!("{{container_id=\"{CONTAINER_ID}\",cgscope_cgroup_path=\"{path}\"}}");
+    let mut queries = vec![
+        format!("rate(container_cpu_time_seconds_total{selector}[5s])"),
+        format!("histogram_quantile(0.5, rate(container_cpu_runq_latency_seconds_bucket{selector}[5s]))"),
+        format!("container_cpu_usage{selector}"),
+    ];
+    // Throttling exists only where the cpu controller is enabled for the cgroup.
+    let cpu_max = common::v2_root()
+        .join(path.trim_start_matches('/'))
+        .join("cpu.max");
+    if cpu_max.exists() {
+        queries.push(format!(
+            "container_cpu_throttling_data_periods_total{selector}"
+        ));
+    } else {
+        eprintln!(
+            "throttling query skipped: no cpu controller in this cgroup ({})",
+            cpu_max.display()
+        );
+    }
+    let started = Instant::now();
+    for q in &queries {
+        loop {
+            let result = promql(prom.port, q);
+            if !result.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "no series for {q} after 40 s"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // Two spinners share CPU 0: one CPU of work, and waits of the order of a
+    // scheduler slice (well above 10 µs, below a second). The rate's 5 s range must
+    // lie after the first scrape.
+    std::thread::sleep(Duration::from_secs(7));
+    let rate: f64 = promql(prom.port, &queries[0])
+        .iter()
+        .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        .sum();
+    assert!((0.7..1.3).contains(&rate), "CPU rate {rate}");
+    let p50 = promql(prom.port, &queries[1])
+        .first()
+        .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!((1e-5..1.0).contains(&p50), "run-queue p50 {p50}");
+    drop(tree);
+}
