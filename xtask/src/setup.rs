@@ -62,6 +62,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cri test: a real CRI server (runs no pods, creates no cgroups)",
     ),
     (
+        "openssl",
+        "export test: a TLS server that verifies cgscope's client certificate (mTLS)",
+    ),
+    (
         "prometheus",
         "export test: Prometheus scrapes /metrics and answers PromQL; promtool lints it",
     ),

@@ -179,7 +179,14 @@ fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
 fn init_script(tests: &[PathBuf]) -> String {
     let tests: Vec<String> = tests
         .iter()
-        .filter(|t| t.file_name().is_some_and(|n| n != "cgscope"))
+        // The export tests need the real peers (rotel, Prometheus: Python and Go
+        // programs) that the busybox userland lacks; they test userspace only and run on
+        // the host.
+        .filter(|t| {
+            t.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n != "cgscope" && !n.starts_with("export-"))
+        })
         .map(|t| t.display().to_string())
         .collect();
     format!(
@@ -243,8 +250,9 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
             install(&root, &lib)?;
         }
     }
-    let fixtures = cmd::workspace_root().join("agent/tests/fixtures");
-    copy_tree(&root, &fixtures)?;
+    for dir in ["agent/tests/fixtures", "docs"] {
+        copy_tree(&root, &cmd::workspace_root().join(dir))?;
+    }
     let init = root.join("init");
     fs::write(&init, init_script(binaries))?;
     cmd::run(Command::new("chmod").arg("755").arg(&init))?;

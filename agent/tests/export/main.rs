@@ -7,6 +7,7 @@
 mod common;
 mod failures;
 mod peers;
+mod tls;
 
 use std::{
     collections::BTreeMap,
