@@ -306,3 +306,150 @@ impl<'a> Window<'a> {
         resource.series.insert(id, series);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cgroup::identity::CgroupKind,
+        histogram::{LatencySummary, LatencyTotals},
+        sample::{CgroupSample, CpuSample, Host},
+    };
+    use cgscope_common::histogram::Histogram;
+
+    fn cgroup(id: u64, user_seconds: f64, runq_ns: &[u64]) -> CgroupSample {
+        let mut h = Histogram::ZERO;
+        runq_ns.iter().for_each(|&v| h.record(v));
+        CgroupSample {
+            path: format!("/c{id}"),
+            id,
+            kind: CgroupKind::Service,
+            container: None,
+            removed: false,
+            cpu: CpuSample {
+                user_seconds: Some(user_seconds),
+                runq_latency: Some(LatencySummary::from(
+                    &LatencyTotals::from_cpus([&h]).since(None),
+                )),
+                ..CpuSample::default()
+            },
+            memory: None,
+            io: None,
+            pids: None,
+            pressure: Default::default(),
+            descendants: None,
+            dying_descendants: None,
+            network: None,
+        }
+    }
+
+    fn snapshot(end: f64, cgroups: Vec<CgroupSample>) -> Snapshot {
+        Snapshot {
+            schema: crate::sample::SCHEMA,
+            timestamp_seconds: end,
+            window_seconds: 10.0,
+            host: Host {
+                kernel: String::new(),
+                cgroup_mode: crate::cgroup::mount::CgroupMode::Unified,
+                cgroup_root: String::new(),
+                window: Default::default(),
+            },
+            probes: Vec::new(),
+            cgroups,
+        }
+    }
+
+    fn series<'a>(store: &'a Store, id: u64, metric: &str) -> Option<&'a Series> {
+        store
+            .resources
+            .get(&ResourceKey::Cgroup(id))?
+            .series
+            .values()
+            .find(|s| s.metric.name == metric && s.attributes.iter().all(|(_, v)| v != "system"))
+    }
+
+    #[test]
+    fn windows_accumulate_and_absent_series_are_forgotten() {
+        let (mut store, agent, filter) =
+            (Store::default(), AgentSample::default(), Filter::default());
+        store.update(
+            &snapshot(100.0, vec![cgroup(1, 1.0, &[1_000, 2_000_000])]),
+            &agent,
+            &filter,
+        );
+        store.update(
+            &snapshot(110.0, vec![cgroup(1, 0.5, &[2_000_000])]),
+            &agent,
+            &filter,
+        );
+        let cpu = series(&store, 1, "container.cpu.time").expect("cpu series");
+        assert_eq!(
+            (&cpu.total, &cpu.window),
+            (&Value::Double(1.5), &Value::Double(0.5))
+        );
+        assert_eq!(
+            cpu.start_unix_nano, 90_000_000_000,
+            "start of the first window"
+        );
+        let Value::Histogram(h) = &series(&store, 1, "container.cpu.runq.latency")
+            .expect("runq")
+            .total
+        else {
+            panic!("not a histogram")
+        };
+        assert_eq!(h.count, 3);
+        assert_eq!(h.dense().1.iter().sum::<u64>() + h.zero_count, 3);
+
+        // Gone for a window: forgotten; back: a new series with a new start.
+        store.update(&snapshot(120.0, vec![]), &agent, &filter);
+        assert!(series(&store, 1, "container.cpu.time").is_none());
+        store.update(&snapshot(130.0, vec![cgroup(1, 2.0, &[])]), &agent, &filter);
+        let cpu = series(&store, 1, "container.cpu.time").expect("cpu series");
+        assert_eq!(
+            (&cpu.total, cpu.start_unix_nano),
+            (&Value::Double(2.0), 120_000_000_000)
+        );
+    }
+
+    #[test]
+    fn young_cgroups_wait_and_the_cap_folds_into_one_overflow_series() {
+        let agent = AgentSample::default();
+        let filter = Filter {
+            min_age: std::time::Duration::from_secs(15),
+            ..Filter::default()
+        };
+        let mut store = Store::default();
+        store.update(&snapshot(100.0, vec![cgroup(1, 1.0, &[])]), &agent, &filter);
+        assert!(
+            series(&store, 1, "container.cpu.time").is_none(),
+            "exported before min age"
+        );
+        store.update(&snapshot(110.0, vec![cgroup(1, 1.0, &[])]), &agent, &filter);
+        assert!(
+            series(&store, 1, "container.cpu.time").is_some(),
+            "20 s old and still waiting"
+        );
+
+        let filter = Filter {
+            max_series: 1,
+            ..Filter::default()
+        };
+        let mut store = Store::default();
+        let three = vec![
+            cgroup(1, 1.0, &[]),
+            cgroup(2, 2.0, &[]),
+            cgroup(3, 4.0, &[]),
+        ];
+        store.update(&snapshot(100.0, three), &agent, &filter);
+        let overflow = store.resources[&ResourceKey::Node]
+            .series
+            .values()
+            .find(|s| {
+                s.metric.name == "container.cpu.time" && s.attributes[0].0 == "otel.metric.overflow"
+            })
+            .expect("overflow series");
+        // cgroup 1 holds the one series (user; system is absent); 2 and 3 overflow.
+        assert_eq!(overflow.total, Value::Double(6.0));
+        assert!(store.overflowed >= 2);
+    }
+}
