@@ -15,9 +15,9 @@ use cgscope::{
     export::{
         api::{self, Published},
         delivery::{self, Queue, QueueLimits},
+        prometheus::Exposition,
         resource::AgentResource,
         settings::OtlpSettings,
-        store::Store,
         transport::Transport,
         Exporter,
     },
@@ -136,10 +136,12 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
     }
 
     let (stop_delivery, stop_rx) = tokio::sync::watch::channel(false);
+    let exposition = Arc::new(Exposition::new(AgentResource::from_env(|k| {
+        std::env::var(k).ok()
+    })));
     let mut exporter = Exporter {
-        store: Store::default(),
+        exposition: exposition.clone(),
         filter: config.export.filter(),
-        agent: AgentResource::from_env(|k| std::env::var(k).ok()),
         otlp: None,
     };
     let delivery = transport.map(|(transport, settings)| {
@@ -173,7 +175,11 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
         .context("starting the sampler thread")?;
 
     let served = runtime.block_on(async {
-        axum::serve(listener, api::router(latest_rx))
+        let state = api::ApiState {
+            latest: latest_rx,
+            exposition,
+        };
+        axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
     });
@@ -208,14 +214,10 @@ fn sample_loop(
         let started = Instant::now();
         let snapshot = sampler.sample(None);
         let scan = started.elapsed();
-        let metrics = exporter.window(&snapshot, scan);
+        exporter.window(&snapshot, scan);
         match serde_json::to_string(&snapshot) {
             Ok(json) => {
-                latest.send_replace(Some(Arc::new(Published {
-                    snapshot,
-                    json,
-                    metrics,
-                })));
+                latest.send_replace(Some(Arc::new(Published { snapshot, json })));
             }
             Err(e) => log::error!("cannot serialise the snapshot: {e}"),
         }

@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{Path, State},
+    extract::{FromRef, Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -19,6 +19,7 @@ use axum::{
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::prometheus::Exposition;
 use crate::{
     cgroup::identity::CgroupKind,
     sample::{CgroupSample, Host, ProbeStatus, Snapshot},
@@ -30,13 +31,24 @@ pub struct Published {
     pub snapshot: Snapshot,
     /// The whole snapshot as JSON, serialised once.
     pub json: String,
-    pub metrics: String,
 }
 
 /// The latest window; `None` until the first one ends.
 pub type Latest = watch::Receiver<Option<Arc<Published>>>;
 
-pub fn router(latest: Latest) -> Router {
+#[derive(Clone)]
+pub struct ApiState {
+    pub latest: Latest,
+    pub exposition: Arc<Exposition>,
+}
+
+impl FromRef<ApiState> for Latest {
+    fn from_ref(state: &ApiState) -> Self {
+        state.latest.clone()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -45,7 +57,7 @@ pub fn router(latest: Latest) -> Router {
         .route("/api/v1/host", get(host))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/containers/{id}", get(container))
-        .with_state(latest)
+        .with_state(state)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -82,17 +94,25 @@ async fn readyz(State(latest): State<Latest>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(latest): State<Latest>) -> Response {
-    match latest.borrow().clone() {
-        Some(p) => (
+async fn metrics(State(state): State<ApiState>) -> Response {
+    if state.latest.borrow().is_none() {
+        return not_ready();
+    }
+    // Rendering takes milliseconds per thousand series: off the async workers.
+    let exposition = state.exposition.clone();
+    match tokio::task::spawn_blocking(move || exposition.text()).await {
+        Ok(text) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            p.metrics.clone(),
+            text.to_string(),
         )
             .into_response(),
-        None => not_ready(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("rendering failed: {e}"),
+        ),
     }
 }
 

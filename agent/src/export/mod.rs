@@ -26,31 +26,31 @@ use std::{
 use crate::sample::Snapshot;
 
 use self::{
-    delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample,
-    resource::AgentResource, store::Store,
+    delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample, prometheus::Exposition,
 };
 
 /// The exporters' per-window work.
 pub struct Exporter {
-    pub store: Store,
+    /// The store, shared with `/metrics`.
+    pub exposition: Arc<Exposition>,
     pub filter: Filter,
-    pub agent: AgentResource,
     /// The OTLP queue and temporality, when OTLP export is on.
     pub otlp: Option<(Arc<Queue>, Temporality)>,
 }
 
 impl Exporter {
-    /// Adds the window; queues the OTLP batch; returns the Prometheus text.
-    pub fn window(&mut self, snapshot: &Snapshot, scan: Duration) -> String {
-        let agent = self.agent_sample(snapshot, scan);
-        self.store.update(snapshot, &agent, &self.filter);
+    /// Adds the window to the store and queues the OTLP batch.
+    pub fn window(&mut self, snapshot: &Snapshot, scan: Duration) {
+        let mut store = self.exposition.store();
+        let agent = self.agent_sample(snapshot, scan, store.overflowed);
+        store.update(snapshot, &agent, &self.filter);
         if let Some((queue, temporality)) = &self.otlp {
-            queue.push(otlp::encode(&self.store, &self.agent, *temporality).into());
+            let agent = self.exposition.agent();
+            queue.push(otlp::encode(&store, agent, *temporality).into());
         }
-        prometheus::render(&self.store, &self.agent)
     }
 
-    fn agent_sample(&self, snapshot: &Snapshot, scan: Duration) -> AgentSample {
+    fn agent_sample(&self, snapshot: &Snapshot, scan: Duration, overflowed: u64) -> AgentSample {
         let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok();
         let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
         let mut a = AgentSample {
@@ -59,7 +59,7 @@ impl Exporter {
             rss_bytes: self_rss_bytes(),
             scan_seconds: scan.as_secs_f64(),
             cgroups: snapshot.cgroups.len() as u64,
-            series_overflow: self.store.overflowed,
+            series_overflow: overflowed,
             ..AgentSample::default()
         };
         if let Some((queue, _)) = &self.otlp {

@@ -6,7 +6,10 @@
 //! one (scale 0) exactly, nothing is interpolated. The cgroup's identity attributes
 //! are labels on every series; the agent's resource attributes are on `target_info`.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use cgscope_common::histogram::{BUCKETS, OTLP_OFFSET, SUB_BUCKETS};
 
@@ -15,6 +18,48 @@ use super::{
     resource::AgentResource,
     store::{Resource, Series, Store, Value},
 };
+
+/// The store, shared by the sampler (which updates it) and `/metrics` (which renders
+/// it on scrape, at most once per window: nothing is rendered while nobody scrapes).
+pub struct Exposition {
+    store: Mutex<Store>,
+    agent: AgentResource,
+    /// The last rendering and the end of the window it shows.
+    cache: Mutex<(u64, Arc<str>)>,
+}
+
+impl Exposition {
+    pub fn new(agent: AgentResource) -> Self {
+        Self {
+            store: Mutex::new(Store::default()),
+            agent,
+            cache: Mutex::new((0, Arc::from(""))),
+        }
+    }
+
+    pub fn agent(&self) -> &AgentResource {
+        &self.agent
+    }
+
+    /// The store, for the sampler's update.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // The store is consistent after a panic elsewhere: updates replace it whole.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The exposition of the latest window (blocking: call off the async runtime).
+    pub fn text(&self) -> Arc<str> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.store();
+        if cache.0 != store.window_end_unix_nano {
+            *cache = (
+                store.window_end_unix_nano,
+                render(&store, &self.agent).into(),
+            );
+        }
+        cache.1.clone()
+    }
+}
 
 /// Prometheus name of a metric.
 pub fn name(m: &Metric) -> String {

@@ -308,7 +308,7 @@ impl<'a> Window<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         cgroup::identity::CgroupKind,
@@ -317,7 +317,8 @@ mod tests {
     };
     use cgscope_common::histogram::Histogram;
 
-    fn cgroup(id: u64, user_seconds: f64, runq_ns: &[u64]) -> CgroupSample {
+    /// A service cgroup with user CPU time and a run-queue histogram.
+    pub(crate) fn cgroup(id: u64, user_seconds: f64, runq_ns: &[u64]) -> CgroupSample {
         let mut h = Histogram::ZERO;
         runq_ns.iter().for_each(|&v| h.record(v));
         CgroupSample {
@@ -343,7 +344,8 @@ mod tests {
         }
     }
 
-    fn snapshot(end: f64, cgroups: Vec<CgroupSample>) -> Snapshot {
+    /// A 10 s window ending at `end`.
+    pub(crate) fn snapshot(end: f64, cgroups: Vec<CgroupSample>) -> Snapshot {
         Snapshot {
             schema: crate::sample::SCHEMA,
             timestamp_seconds: end,
