@@ -79,6 +79,7 @@ fn container(i: usize, round: u64) -> CgroupSample {
             image: Some("registry.example.com/web:1.2.3".into()),
             qos: Some(Qos::Burstable),
             labels: BTreeMap::new(),
+            created_seconds: Some(1.7e9),
         }),
         removed: false,
         cpu: CpuSample {

@@ -111,6 +111,8 @@ pub struct ContainerSample {
     pub qos: Option<Qos>,
     /// The runtime's labels (sanitised).
     pub labels: BTreeMap<String, String>,
+    /// When the runtime created the container, Unix seconds (containers only).
+    pub created_seconds: Option<f64>,
 }
 
 /// CPU. Counters (`*_seconds`, `periods`, `throttled_periods`, `bursts`) are deltas

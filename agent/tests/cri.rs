@@ -76,6 +76,7 @@ fn containers() -> ListContainersResponse {
                 image: "registry.example/shop/api:1.4".into(),
             }),
             image_ref: "sha256:abc".into(),
+            created_at: 1_700_000_000_123_000_000,
             labels: [("io.kubernetes.container.name".to_owned(), "api".to_owned())].into(),
         }],
     }
@@ -198,6 +199,11 @@ fn kubernetes_names_over_the_cri() {
         (Some("checkout-7d9f"), Some("shop"))
     );
     assert_eq!(c.image.as_deref(), Some("registry.example/shop/api:1.4"));
+    let created = c.created_seconds.expect("created_at from the CRI");
+    assert!(
+        (created - 1_700_000_000.123).abs() < 1e-6,
+        "created {created}"
+    );
     assert_eq!(
         (c.runtime, c.pod_uid.as_deref()),
         (Some(Runtime::Containerd), Some(POD_UID))

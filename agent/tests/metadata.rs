@@ -180,6 +180,18 @@ fn podman_names_its_containers() {
     assert_eq!(container.image.as_deref(), Some("localhost/cgscope-test:1"));
     assert_eq!(container.runtime, Some(Runtime::Podman));
     assert_eq!(container.pod.as_deref(), Some("shop"));
+    // Created by `podman create` above, within this test (Docker API `Created`).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let created = container
+        .created_seconds
+        .expect("created time from the runtime");
+    assert!(
+        (now - 120.0..=now + 1.0).contains(&created),
+        "created {created}, now {now}"
+    );
     assert_eq!(
         container.labels.get("evil").map(String::as_str),
         Some("[31mred"),

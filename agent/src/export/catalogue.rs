@@ -107,6 +107,8 @@ metrics! { CGROUP_METRICS;
         "Queue-to-complete time of block requests: what the application waits.";
     DISK_DEVICE_LATENCY: "container.disk.device_latency", Histogram, "s", ["system.device", "disk.io.direction"], "blockio probe (block_rq_issue, block_rq_complete)", "",
         "Issue-to-complete time of block requests: what the device takes.";
+    CONTAINER_UPTIME: "container.uptime", Gauge, "s", [], "runtime API: CRI created_at, Docker/Podman Created", "container_start_time_seconds",
+        "Time since the runtime created the container (containers only).";
     PIDS_COUNT: "container.pids.count", Gauge, "{process}", [], "pids.current", "container_processes, container_threads",
         "Tasks (processes and threads) in the cgroup.";
     PIDS_LIMIT: "container.pids.limit", Gauge, "{process}", [], "pids.max", "container_spec_... (none)",

@@ -79,8 +79,13 @@ fn attr2(k1: &'static str, v1: &str, k2: &'static str, v2: &str) -> Attributes {
     vec![(k1, v1.to_owned()), (k2, v2.to_owned())]
 }
 
-/// Every point of one cgroup's window.
-pub fn cgroup<'a>(c: &'a CgroupSample, window_seconds: f64, out: &mut Points<'a>) {
+/// Every point of one cgroup's window ending at `end_seconds` (Unix).
+pub fn cgroup<'a>(
+    c: &'a CgroupSample,
+    end_seconds: f64,
+    window_seconds: f64,
+    out: &mut Points<'a>,
+) {
     let cpu = &c.cpu;
     out.double(&c::CPU_TIME, attr("cpu.mode", "user"), cpu.user_seconds);
     out.double(&c::CPU_TIME, attr("cpu.mode", "system"), cpu.system_seconds);
@@ -147,6 +152,13 @@ pub fn cgroup<'a>(c: &'a CgroupSample, window_seconds: f64, out: &mut Points<'a>
     for d in c.io.iter().flat_map(|io| &io.devices) {
         disk(d, out);
     }
+
+    let created = c.container.as_ref().and_then(|m| m.created_seconds);
+    out.double(
+        &c::CONTAINER_UPTIME,
+        vec![],
+        created.map(|t| (end_seconds - t).max(0.0)),
+    );
 
     if let Some(p) = &c.pids {
         out.int(&c::PIDS_COUNT, vec![], Some(p.current));

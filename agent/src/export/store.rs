@@ -193,7 +193,8 @@ impl Store {
             match filter.verdict(c, age_seconds) {
                 Verdict::Export => {
                     let mut points = Points(Vec::new());
-                    points::cgroup(c, snapshot.window_seconds, &mut points);
+                    let end_seconds = snapshot.timestamp_seconds;
+                    points::cgroup(c, end_seconds, snapshot.window_seconds, &mut points);
                     let attributes = super::resource::cgroup_attributes(c);
                     window.carry(key, attributes, first_seen, points.0);
                 }

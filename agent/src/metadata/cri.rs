@@ -84,6 +84,9 @@ pub struct Container {
     pub image: Option<ImageSpec>,
     #[prost(string, tag = "5")]
     pub image_ref: String,
+    /// Unix nanoseconds.
+    #[prost(int64, tag = "7")]
+    pub created_at: i64,
     #[prost(map = "string, string", tag = "8")]
     pub labels: HashMap<String, String>,
 }
@@ -190,6 +193,7 @@ async fn list_async(socket: &Path) -> Result<Vec<ContainerMeta>, String> {
                 pod_uid,
                 runtime,
                 labels: labels(&c.labels),
+                created_seconds: (c.created_at > 0).then_some(c.created_at as f64 * 1e-9),
             }
         })
         .collect();
@@ -205,6 +209,7 @@ async fn list_async(socket: &Path) -> Result<Vec<ContainerMeta>, String> {
             pod_uid,
             runtime,
             labels: labels(&p.labels),
+            created_seconds: None,
         }
     }));
     Ok(out)

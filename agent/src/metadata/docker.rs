@@ -24,6 +24,9 @@ struct Container {
     id: String,
     #[serde(rename = "Names", default)]
     names: Vec<String>,
+    /// Unix seconds.
+    #[serde(rename = "Created", default)]
+    created: i64,
     #[serde(rename = "Image", default)]
     image: String,
     #[serde(rename = "Labels", default)]
@@ -159,6 +162,7 @@ pub fn list(
                 pod_uid: label("io.kubernetes.pod.uid"),
                 runtime,
                 labels,
+                created_seconds: (c.created > 0).then_some(c.created as f64),
             }
         })
         .collect())

@@ -28,7 +28,7 @@ pub enum MetadataError {
 }
 
 /// What a runtime says about one container (strings sanitised).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ContainerMeta {
     pub id: String,
     pub name: Option<String>,
@@ -38,6 +38,8 @@ pub struct ContainerMeta {
     pub pod_uid: Option<String>,
     pub runtime: Runtime,
     pub labels: BTreeMap<String, String>,
+    /// When the runtime created the container, Unix seconds.
+    pub created_seconds: Option<f64>,
 }
 
 /// Longest string kept from a runtime (a Kubernetes label value is at most 63,
@@ -133,6 +135,7 @@ impl Metadata {
                             c.namespace = meta.namespace.clone();
                             c.runtime = c.runtime.or(Some(meta.runtime));
                             c.labels = meta.labels.clone();
+                            c.created_seconds = meta.created_seconds;
                         }
                         None => unknown = true,
                     }
