@@ -161,6 +161,9 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
             Duration::from_secs(5),
         ))
     });
+    if delivery.is_none() {
+        log::info!("OTLP export off (set OTEL_EXPORTER_OTLP_ENDPOINT to turn it on)");
+    }
     log::info!(
         "serving http://{}/metrics and /api/v1/..., window {interval:?}",
         config.listen
