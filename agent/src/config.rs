@@ -210,6 +210,35 @@ pub enum SnapshotFormat {
     Json,
 }
 
+/// `cgscope playbook run`.
+#[derive(Debug, Clone, Args)]
+pub struct PlaybookRunConfig {
+    #[command(flatten)]
+    pub sampling: SamplingOptions,
+
+    /// The playbook (cgscope playbook list).
+    pub name: String,
+
+    /// Which cgroups: a container or pod name, namespace, container id (12+ digits),
+    /// pod UID, or a cgroup path starting with / [default: every leaf cgroup].
+    #[arg(long, value_name = "SELECTOR")]
+    pub target: Option<String>,
+
+    /// Length of the window the checks look at.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub duration: Duration,
+
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
 /// `cgscope check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckConfig {

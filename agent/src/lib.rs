@@ -10,6 +10,7 @@ pub mod histogram;
 pub mod host;
 pub mod metadata;
 pub mod net;
+pub mod playbook;
 pub mod probes;
 pub mod sample;
 pub mod sampler;

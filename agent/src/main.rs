@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use cgscope::{
     check,
     config::{
-        CheckConfig, CheckFormat, RunConfig, SnapshotConfig, SnapshotFormat, DEFAULT_INTERVAL,
+        CheckConfig, CheckFormat, PlaybookRunConfig, ReportFormat, RunConfig, SnapshotConfig,
+        SnapshotFormat, DEFAULT_INTERVAL,
     },
     export::{
         api::{self, Published},
@@ -21,6 +22,7 @@ use cgscope::{
         transport::Transport,
         Exporter,
     },
+    playbook,
     sampler::Sampler,
     table,
 };
@@ -43,6 +45,19 @@ enum Command {
     Snapshot(SnapshotConfig),
     /// Run the agent: sample every interval, serve the HTTP API.
     Run(RunConfig),
+    /// Investigations: checks with thresholds, findings with evidence and next steps.
+    #[command(subcommand)]
+    Playbook(PlaybookCommand),
+}
+
+#[derive(Subcommand)]
+enum PlaybookCommand {
+    /// The playbooks and the question each answers.
+    List,
+    /// A playbook's page: when to use it, how to read it, its checks.
+    Explain { name: String },
+    /// Sample one window and report the playbook's findings, worst first.
+    Run(PlaybookRunConfig),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +73,7 @@ fn main() -> ExitCode {
         Command::Check(config) => return check_command(&config),
         Command::Snapshot(config) => snapshot_command(&config),
         Command::Run(config) => run_command(config),
+        Command::Playbook(command) => playbook_command(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +110,37 @@ fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
     match config.format {
         SnapshotFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
         SnapshotFormat::Table => print!("{}", table::render(&snapshot)),
+    }
+    Ok(())
+}
+
+fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
+    match command {
+        PlaybookCommand::List => {
+            for p in playbook::all()? {
+                println!("{:<16} {}", p.name, p.summary);
+            }
+        }
+        PlaybookCommand::Explain { name } => print!("{}", playbook::find(&name)?.page),
+        PlaybookCommand::Run(config) => {
+            let playbook = playbook::find(&config.name)?;
+            let mut sampler = Sampler::start(&config.sampling.sampler())?;
+            std::thread::sleep(config.duration);
+            let snapshot = sampler.sample(None);
+            let targets = playbook::run::targets(&snapshot, config.target.as_deref());
+            if targets.is_empty() {
+                anyhow::bail!(
+                    "no cgroup matches {:?} (a container or pod name, namespace, id, or a path starting with /)",
+                    config.target.as_deref().unwrap_or("")
+                );
+            }
+            let report = playbook::run::evaluate(&playbook, &snapshot, &targets);
+            match config.format {
+                ReportFormat::Text => print!("{}", report.text(false)),
+                ReportFormat::Markdown => print!("{}", report.text(true)),
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+        }
     }
     Ok(())
 }
