@@ -35,10 +35,10 @@ fn findings_on<'a>(report: &'a Value, path: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-#[test]
-fn playbook_cpu_contention_finds_the_noisy_neighbour() {
-    require_root_and_cgroup_v2!();
-    let mut tree = TestTree::create("contention");
+/// A victim and a nice -10 neighbour, both busy on CPU 0, and an idle control: the
+/// tree and the three paths.
+fn contention(name: &str) -> (TestTree, String, String, String) {
+    let mut tree = TestTree::create(name);
     let victim = tree.mkdir("victim");
     let noisy = tree.mkdir("noisy");
     let idle = tree.mkdir("idle");
@@ -51,7 +51,13 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, n.as_raw() as u32, -10) };
     assert_eq!(rc, 0, "renice the neighbour");
     tree.spawn("idle", || {}, common::sleep_forever);
+    (tree, victim, noisy, idle)
+}
 
+#[test]
+fn playbook_cpu_contention_finds_the_noisy_neighbour() {
+    require_root_and_cgroup_v2!();
+    let (tree, victim, noisy, idle) = contention("contention");
     let report = run(&["cpu-contention", "--target", &tree.top.path]);
     let first = &report["findings"][0];
     assert_eq!(first["path"], victim.as_str(), "{report:#}");
@@ -64,6 +70,76 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
         "false alarm on the idle control: {report:#}"
     );
     assert_eq!(report["examined"], 3);
+}
+
+#[test]
+fn playbook_triage_ranks_the_victim_first() {
+    require_root_and_cgroup_v2!();
+    let (tree, victim, _, idle) = contention("triage");
+    let report = run(&["triage", "--target", &tree.top.path]);
+    let first = &report["findings"][0];
+    assert_eq!(first["path"], victim.as_str(), "{report:#}");
+    assert_eq!(first["measure"], "cpu.runq_wait");
+    assert_eq!(first["severity"], "critical");
+    assert!(first["next"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("cgscope playbook run cpu-contention"));
+    assert!(
+        findings_on(&report, &idle).is_empty(),
+        "false alarm on the idle control: {report:#}"
+    );
+}
+
+#[test]
+fn playbook_memory_pressure_reports_the_oom_kill() {
+    require_root_and_cgroup_v2!();
+    if let Some(reason) = common::missing_controllers(&["memory"]) {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    const LIMIT: u64 = 64 << 20;
+    let mut hog = TestCgroup::create("oom-playbook");
+    std::fs::write(hog.dir.join("memory.max"), LIMIT.to_string()).expect("memory.max");
+    std::fs::write(hog.dir.join("memory.swap.max"), "0").ok();
+    let mut control = TestCgroup::create("oom-control");
+    std::fs::write(control.dir.join("memory.max"), LIMIT.to_string()).expect("memory.max");
+    control.spawn(None, common::sleep_forever);
+
+    // The kill must fall inside the window: start the run, then the hog.
+    let child = Command::new(BIN)
+        .args([
+            "playbook",
+            "run",
+            "memory-pressure",
+            "--duration",
+            "4s",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cgscope");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = hog.spawn(None, common::eat_memory);
+    assert!(
+        hog.wait_exit(pid, std::time::Duration::from_secs(10)),
+        "the hog outlived memory.max"
+    );
+    let out = child.wait_with_output().expect("cgscope");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    let first = &report["findings"][0];
+    assert_eq!(first["path"], hog.path.as_str(), "{report:#}");
+    assert_eq!(first["measure"], "memory.oom_kills");
+    assert_eq!(first["severity"], "critical");
+    assert!(first["value"].as_f64().unwrap_or(0.0) >= 1.0);
+    assert!(findings_on(&report, &control.path).is_empty(), "{report:#}");
 }
 
 #[test]
@@ -95,10 +171,14 @@ fn playbook_cli_lists_explains_and_refuses_bad_input() {
         .output()
         .expect("list");
     let list = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        list.contains("cpu-contention") && list.contains("cpu-throttling"),
-        "{list}"
-    );
+    for name in [
+        "triage",
+        "cpu-throttling",
+        "cpu-contention",
+        "memory-pressure",
+    ] {
+        assert!(list.contains(name), "{name} missing from {list}");
+    }
     let out = Command::new(BIN)
         .args(["playbook", "explain", "cpu-throttling"])
         .output()

@@ -10,13 +10,18 @@ use serde::{Deserialize, Serialize};
 
 /// The pages, by file name.
 const PAGES: &[(&str, &str)] = &[
+    ("triage", include_str!("../../../playbooks/triage.md")),
+    (
+        "cpu-throttling",
+        include_str!("../../../playbooks/cpu-throttling.md"),
+    ),
     (
         "cpu-contention",
         include_str!("../../../playbooks/cpu-contention.md"),
     ),
     (
-        "cpu-throttling",
-        include_str!("../../../playbooks/cpu-throttling.md"),
+        "memory-pressure",
+        include_str!("../../../playbooks/memory-pressure.md"),
     ),
 ];
 
