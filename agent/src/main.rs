@@ -125,6 +125,12 @@ fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
         PlaybookCommand::Run(config) => {
             let playbook = playbook::find(&config.name)?;
             let mut sampler = Sampler::start(&config.sampling.sampler())?;
+            // The window starts now (probes attached, baseline read): say so, for
+            // whoever starts the workload to look at.
+            eprintln!(
+                "cgscope: {}: sampling a {:?} window",
+                playbook.name, config.duration
+            );
             std::thread::sleep(config.duration);
             let snapshot = sampler.sample(None);
             let targets = playbook::run::targets(&snapshot, config.target.as_deref());

@@ -11,6 +11,13 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
+/// One scenario at a time: each sees the whole node, other scenarios included.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(args: &[&str]) -> Value {
     let out = Command::new(BIN)
         .args(["playbook", "run"])
@@ -57,6 +64,7 @@ fn contention(name: &str) -> (TestTree, String, String, String) {
 #[test]
 fn playbook_cpu_contention_finds_the_noisy_neighbour() {
     require_root_and_cgroup_v2!();
+    let _serial = serial();
     let (tree, victim, noisy, idle) = contention("contention");
     let report = run(&["cpu-contention", "--target", &tree.top.path]);
     let first = &report["findings"][0];
@@ -75,6 +83,7 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
 #[test]
 fn playbook_triage_ranks_the_victim_first() {
     require_root_and_cgroup_v2!();
+    let _serial = serial();
     let (tree, victim, _, idle) = contention("triage");
     let report = run(&["triage", "--target", &tree.top.path]);
     let first = &report["findings"][0];
@@ -94,6 +103,7 @@ fn playbook_triage_ranks_the_victim_first() {
 #[test]
 fn playbook_memory_pressure_reports_the_oom_kill() {
     require_root_and_cgroup_v2!();
+    let _serial = serial();
     if let Some(reason) = common::missing_controllers(&["memory"]) {
         eprintln!("skipped: {reason}");
         return;
@@ -107,7 +117,7 @@ fn playbook_memory_pressure_reports_the_oom_kill() {
     control.spawn(None, common::sleep_forever);
 
     // The kill must fall inside the window: start the run, then the hog.
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args([
             "playbook",
             "run",
@@ -121,18 +131,22 @@ fn playbook_memory_pressure_reports_the_oom_kill() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run cgscope");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Attaching the probes can take seconds (the VMs emulate the CPU): wait for the
+    // run to say its window has started.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("sampling") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
+        assert!(n > 0, "cgscope ended before its window started");
+    }
     let pid = hog.spawn(None, common::eat_memory);
     assert!(
         hog.wait_exit(pid, std::time::Duration::from_secs(10)),
         "the hog outlived memory.max"
     );
     let out = child.wait_with_output().expect("cgscope");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cgscope failed: {:?}", out.status);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     let first = &report["findings"][0];
     assert_eq!(first["path"], hog.path.as_str(), "{report:#}");
@@ -145,6 +159,7 @@ fn playbook_memory_pressure_reports_the_oom_kill() {
 #[test]
 fn playbook_cpu_throttling_flags_the_limited_container() {
     require_root_and_cgroup_v2!();
+    let _serial = serial();
     if let Some(reason) = common::missing_controllers(&["cpu"]) {
         eprintln!("skipped: {reason}");
         return;
