@@ -229,8 +229,18 @@ fn collector_refusing_with_503_and_429_then_accepting() {
         &tree.top.path,
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
-    std::thread::sleep(Duration::from_secs(12));
-    let text = metrics(&listen);
+    // Three refusals, each waited out for at least its Retry-After and at most the
+    // jittered backoff (up to 1.5 × 4 s for the third): allow up to 30 s for the
+    // batches to get through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = metrics(&listen);
+        let sent = prom_value(&text, "cgscope_export_sent_total").unwrap_or(0.0);
+        if sent >= 3.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     drop(agent);
     drop(tree);
 
