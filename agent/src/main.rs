@@ -23,7 +23,8 @@ use cgscope::{
         Exporter,
     },
     playbook,
-    sampler::Sampler,
+    sample::Snapshot,
+    sampler::{Sampler, SamplerConfig},
     table,
 };
 use clap::{Parser, Subcommand};
@@ -96,8 +97,15 @@ fn check_command(config: &CheckConfig) -> ExitCode {
     ExitCode::from(report.exit_code as u8)
 }
 
-fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
-    let mut sampler = Sampler::start(&config.sampling.sampler())?;
+/// Attaches the probes, samples one window of `duration` and returns it; `started` is
+/// called when the window begins (probes attached, baseline read).
+fn one_window(
+    sampling: &SamplerConfig,
+    duration: Duration,
+    prefix: Option<&str>,
+    started: impl FnOnce(),
+) -> anyhow::Result<Snapshot> {
+    let mut sampler = Sampler::start(sampling)?;
     for probe in sampler.probes().status().iter().filter(|p| !p.attached) {
         log::warn!(
             "probe {} not attached: {}",
@@ -105,8 +113,14 @@ fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
             probe.error.as_deref().unwrap_or("?")
         );
     }
-    std::thread::sleep(config.duration);
-    let snapshot = sampler.sample(config.cgroup.as_deref());
+    started();
+    std::thread::sleep(duration);
+    Ok(sampler.sample(prefix))
+}
+
+fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
+    let sampling = config.sampling.sampler();
+    let snapshot = one_window(&sampling, config.duration, config.cgroup.as_deref(), || {})?;
     match config.format {
         SnapshotFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
         SnapshotFormat::Table => print!("{}", table::render(&snapshot)),
@@ -124,15 +138,14 @@ fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
         PlaybookCommand::Explain { name } => print!("{}", playbook::find(&name)?.page),
         PlaybookCommand::Run(config) => {
             let playbook = playbook::find(&config.name)?;
-            let mut sampler = Sampler::start(&config.sampling.sampler())?;
-            // The window starts now (probes attached, baseline read): say so, for
-            // whoever starts the workload to look at.
-            eprintln!(
-                "cgscope: {}: sampling a {:?} window",
-                playbook.name, config.duration
-            );
-            std::thread::sleep(config.duration);
-            let snapshot = sampler.sample(None);
+            // Say when the window starts, for whoever starts the workload to look at.
+            let started = || {
+                eprintln!(
+                    "cgscope: {}: sampling a {:?} window",
+                    playbook.name, config.duration
+                )
+            };
+            let snapshot = one_window(&config.sampling.sampler(), config.duration, None, started)?;
             let targets = playbook::run::targets(&snapshot, config.target.as_deref());
             if targets.is_empty() {
                 anyhow::bail!(

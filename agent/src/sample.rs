@@ -261,6 +261,38 @@ pub struct PerOperation<T> {
     pub flush: T,
 }
 
+impl ContainerSample {
+    /// Whether `id` is this container's id, or a prefix of it of at least 12 digits
+    /// (as `docker ps` and `crictl ps` show it).
+    pub fn id_matches(&self, id: &str) -> bool {
+        self.id
+            .as_deref()
+            .is_some_and(|mine| mine == id || (id.len() >= 12 && mine.starts_with(id)))
+    }
+}
+
+/// A cgroup with nothing read yet: for tests that need a sample of a given place.
+#[cfg(test)]
+impl CgroupSample {
+    pub(crate) fn bare(path: &str, id: u64, kind: CgroupKind) -> Self {
+        Self {
+            path: path.to_owned(),
+            id,
+            kind,
+            container: None,
+            removed: false,
+            cpu: CpuSample::default(),
+            memory: None,
+            io: None,
+            pids: None,
+            pressure: PressureSample::default(),
+            descendants: None,
+            dying_descendants: None,
+            network: None,
+        }
+    }
+}
+
 impl<T> PerOperation<T> {
     /// The slot of `cgscope_common::blockio::op` `op`.
     pub fn get_mut(&mut self, op: u32) -> Option<&mut T> {

@@ -188,9 +188,7 @@ async fn containers(State(latest): State<Latest>) -> Response {
 /// shows it), a pod UID, or a cgroup id.
 fn matches(c: &CgroupSample, id: &str) -> bool {
     let m = c.container.as_ref();
-    let container_id = m.and_then(|m| m.id.as_deref());
-    container_id == Some(id)
-        || (id.len() >= 12 && container_id.is_some_and(|c| c.starts_with(id)))
+    m.is_some_and(|m| m.id_matches(id))
         || (c.kind == CgroupKind::Pod && m.and_then(|m| m.pod_uid.as_deref()) == Some(id))
         || id.parse::<u64>().is_ok_and(|n| n == c.id)
 }

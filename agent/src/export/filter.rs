@@ -122,19 +122,8 @@ mod tests {
             ..ContainerSample::default()
         };
         CgroupSample {
-            path: path.to_owned(),
-            id: 1,
-            kind,
             container: matches!(kind, CgroupKind::Pod | CgroupKind::Container).then_some(container),
-            removed: false,
-            cpu: Default::default(),
-            memory: None,
-            io: None,
-            pids: None,
-            pressure: Default::default(),
-            descendants: None,
-            dying_descendants: None,
-            network: None,
+            ..CgroupSample::bare(path, 1, kind)
         }
     }
 

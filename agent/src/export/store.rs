@@ -323,11 +323,6 @@ pub(crate) mod tests {
         let mut h = Histogram::ZERO;
         runq_ns.iter().for_each(|&v| h.record(v));
         CgroupSample {
-            path: format!("/c{id}"),
-            id,
-            kind: CgroupKind::Service,
-            container: None,
-            removed: false,
             cpu: CpuSample {
                 user_seconds: Some(user_seconds),
                 runq_latency: Some(LatencySummary::from(
@@ -335,13 +330,7 @@ pub(crate) mod tests {
                 )),
                 ..CpuSample::default()
             },
-            memory: None,
-            io: None,
-            pids: None,
-            pressure: Default::default(),
-            descendants: None,
-            dying_descendants: None,
-            network: None,
+            ..CgroupSample::bare(&format!("/c{id}"), id, CgroupKind::Service)
         }
     }
 

@@ -66,11 +66,7 @@ pub fn selects(c: &CgroupSample, selector: &str) -> bool {
         return false;
     };
     let eq = |v: &Option<String>| v.as_deref() == Some(selector);
-    eq(&m.name)
-        || eq(&m.pod)
-        || eq(&m.namespace)
-        || eq(&m.pod_uid)
-        || (selector.len() >= 12 && m.id.as_deref().is_some_and(|id| id.starts_with(selector)))
+    eq(&m.name) || eq(&m.pod) || eq(&m.namespace) || eq(&m.pod_uid) || m.id_matches(selector)
 }
 
 /// The cgroups a run examines: the leaves among those the selector names or, without
@@ -119,9 +115,12 @@ fn selector_of(c: &CgroupSample) -> String {
         .unwrap_or_else(|| c.path.clone())
 }
 
-/// Evaluates `playbook` on `targets` of `snapshot`.
-pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, targets: &[&CgroupSample]) -> Report {
+/// Evaluates `playbook` on the `examined` cgroups of `snapshot`.
+pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSample]) -> Report {
     let window = snapshot.window_seconds;
+    // Where noisy neighbours are looked for: every leaf of the node (the examined
+    // cgroups are leaves too).
+    let leaves = targets(snapshot, None);
     let mut findings = Vec::new();
     let mut no_data = Vec::new();
     for check in &playbook.checks {
@@ -129,7 +128,7 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, targets: &[&CgroupSamp
             continue; // parse() rejects unknown measures
         };
         let mut evaluated = false;
-        for c in targets {
+        for c in examined {
             let Some(value) = (m.compute)(c, window) else {
                 continue;
             };
@@ -146,7 +145,7 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, targets: &[&CgroupSamp
                 _ => check.warn,
             };
             let neighbours = if check.neighbours {
-                busiest_others(snapshot, c, targets)
+                busiest_others(&leaves, window, c)
             } else {
                 Vec::new()
             };
@@ -191,24 +190,18 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, targets: &[&CgroupSamp
         playbook: playbook.name.clone(),
         summary: playbook.summary.clone(),
         window_seconds: window,
-        examined: targets.len(),
+        examined: examined.len(),
         no_data,
         findings,
     }
 }
 
-/// The three leaf cgroups, other than `me` and its ancestors, that used the most CPU
-/// (at least 1% of one).
-fn busiest_others(
-    snapshot: &Snapshot,
-    me: &CgroupSample,
-    examined: &[&CgroupSample],
-) -> Vec<Neighbour> {
-    let window = snapshot.window_seconds.max(f64::MIN_POSITIVE);
-    let leaves = targets(snapshot, None);
+/// The three of `leaves`, other than `me` and its ancestors, that used the most CPU in
+/// the window (at least 1% of one).
+fn busiest_others(leaves: &[&CgroupSample], window: f64, me: &CgroupSample) -> Vec<Neighbour> {
+    let window = window.max(f64::MIN_POSITIVE);
     let mut others: Vec<Neighbour> = leaves
         .iter()
-        .chain(examined)
         .filter(|c| c.path != me.path && !under(&me.path, &c.path))
         .filter_map(|c| {
             Some(Neighbour {
@@ -225,7 +218,6 @@ fn busiest_others(
             .total_cmp(&a.cpu_cores)
             .then(a.path.cmp(&b.path))
     });
-    others.dedup_by(|a, b| a.path == b.path);
     others.truncate(3);
     others
 }
