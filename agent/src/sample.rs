@@ -271,10 +271,10 @@ impl ContainerSample {
     }
 }
 
-/// A cgroup with nothing read yet: for tests that need a sample of a given place.
-#[cfg(test)]
 impl CgroupSample {
-    pub(crate) fn bare(path: &str, id: u64, kind: CgroupKind) -> Self {
+    /// A cgroup with no file read: what a removed cgroup's sample starts from (its
+    /// probe windows are added to it), and tests' samples of a given place.
+    pub fn bare(path: &str, id: u64, kind: CgroupKind) -> Self {
         Self {
             path: path.to_owned(),
             id,

@@ -25,10 +25,7 @@ use crate::{
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
-    sample::{
-        CgroupSample, ContainerSample, CpuSample, Host, MemorySample, PressureSample, Snapshot,
-        SCHEMA,
-    },
+    sample::{CgroupSample, ContainerSample, Host, MemorySample, Snapshot, SCHEMA},
     window,
 };
 
@@ -253,20 +250,11 @@ impl Sampler {
             if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
                 windows[parent].get_or_insert_with(Box::default).add(&last);
             }
+            let kind = prev.identity.kind.unwrap_or(CgroupKind::Other);
             let mut sample = CgroupSample {
-                path: prev.path.clone(),
-                id,
-                kind: prev.identity.kind.unwrap_or(CgroupKind::Other),
                 container: container_sample(&prev.identity),
                 removed: true,
-                cpu: CpuSample::default(),
-                memory: None,
-                io: None,
-                pids: None,
-                pressure: PressureSample::default(),
-                descendants: None,
-                dying_descendants: None,
-                network: None,
+                ..CgroupSample::bare(&prev.path, id, kind)
             };
             probe_results(&self.probes, &mut self.devices, &mut sample, &last, seconds);
             removed.push(sample);
