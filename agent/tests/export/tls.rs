@@ -11,6 +11,7 @@ use std::{
 use super::{
     agent, busy_container,
     common::{self, free_port, Peer},
+    failures::metrics_when,
     serial,
 };
 use crate::require_root_and_cgroup_v2;
@@ -155,10 +156,10 @@ fn mtls_with_the_otel_certificate_variables() {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
         ],
     );
-    std::thread::sleep(Duration::from_secs(4));
-    let metrics = common::http_get(&listen, "/metrics")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let metrics = metrics_when(&listen, Duration::from_secs(20), |t| {
+        t.lines()
+            .any(|l| l.starts_with("cgscope_export_failures_total{"))
+    });
     drop(agent);
     drop(server);
     drop(tree);
