@@ -90,16 +90,22 @@ fn collector_down_for_two_minutes_then_back() {
         assert!(!metrics(&listen).is_empty(), "/metrics stopped answering");
         std::thread::sleep(Duration::from_secs(10));
     }
-    // Back: within the maximum backoff (5 s, jittered) plus the queued batches.
+    // Back: within the maximum backoff (5 s, jittered), then the queued batches
+    // oldest first: wait until the present (120 s past the last export before the
+    // outage) has arrived.
+    let last_before_ns = before
+        .histogram_points(CONTAINER_ID, "container.cpu.runq.latency")
+        .last()
+        .map_or(0, |p| p.time_unix_nano);
     let collector = rotel(grpc, http);
     let back = Instant::now();
     let after = loop {
         let out = RotelOutput::parse(&collector.output());
-        if !out
+        let newest = out
             .histogram_points(CONTAINER_ID, "container.cpu.runq.latency")
-            .is_empty()
-            || back.elapsed() > Duration::from_secs(20)
-        {
+            .last()
+            .map_or(0, |p| p.time_unix_nano);
+        if newest > last_before_ns + 120_000_000_000 || back.elapsed() > Duration::from_secs(30) {
             break out;
         }
         std::thread::sleep(Duration::from_millis(500));
