@@ -27,11 +27,52 @@ pub struct CpuTicks {
     pub steal: u64,
 }
 
+impl CpuTicks {
+    fn total(&self) -> u64 {
+        self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
+    }
+
+    /// Share of the time since `before` this CPU was busy (not idle, not waiting
+    /// for IO with nothing to run).
+    fn busy_since(&self, before: &Self) -> f64 {
+        let total = self.total().saturating_sub(before.total());
+        let idle = (self.idle + self.iowait).saturating_sub(before.idle + before.iowait);
+        if total == 0 {
+            0.0
+        } else {
+            total.saturating_sub(idle) as f64 / total as f64
+        }
+    }
+}
+
+/// The `cpu` line of `/proc/stat`: all CPUs together.
 pub fn parse_proc_stat(text: &str) -> Result<CpuTicks, FormatError> {
     let line = text
         .lines()
         .find(|l| l.starts_with("cpu "))
         .ok_or("no cpu line")?;
+    parse_cpu_line(line)
+}
+
+/// The `cpuN` lines of `/proc/stat`, by N (CPUs that are offline have no line).
+pub fn parse_proc_stat_cpus(text: &str) -> Result<Vec<(usize, CpuTicks)>, FormatError> {
+    text.lines()
+        .filter_map(|l| {
+            let (n, _) = l.strip_prefix("cpu")?.split_once(' ')?;
+            Some((n.parse::<usize>().ok()?, l))
+        })
+        .map(|(n, l)| Ok((n, parse_cpu_line(l)?)))
+        .collect()
+}
+
+fn parse_cpu_line(line: &str) -> Result<CpuTicks, FormatError> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -114,6 +155,9 @@ pub struct HostCpu {
     pub irq_seconds: f64,
     pub softirq_seconds: f64,
     pub steal_seconds: f64,
+    /// Each online CPU's busy share of the window (0 to 1), by CPU number: where the
+    /// load sits (one saturated CPU on an idle host is pinned work).
+    pub per_cpu_busy: Vec<(usize, f64)>,
 }
 
 /// The host in one window: every field is a delta over the window except the PSI
@@ -128,6 +172,7 @@ pub struct HostSample {
 #[derive(Default)]
 struct Readings {
     cpu: Option<CpuTicks>,
+    cpus: Vec<(usize, CpuTicks)>,
     pressure: [Option<Pressure>; 4],
     disks: Vec<Disk>,
 }
@@ -154,11 +199,15 @@ impl HostReader {
     }
 
     pub fn sample(&mut self) -> HostSample {
-        let cpu = self.read("/proc", "stat").and_then(|t| {
-            parse_proc_stat(t)
-                .map_err(|e| log::warn!("/proc/stat: {e}"))
-                .ok()
-        });
+        let (cpu, cpus) = self
+            .read("/proc", "stat")
+            .and_then(|t| {
+                parse_proc_stat(t)
+                    .and_then(|all| Ok((all, parse_proc_stat_cpus(t)?)))
+                    .map_err(|e| log::warn!("/proc/stat: {e}"))
+                    .ok()
+            })
+            .map_or((None, Vec::new()), |(all, cpus)| (Some(all), cpus));
         let mut pressure: [Option<Pressure>; 4] = Default::default();
         for (slot, name) in pressure.iter_mut().zip(PSI) {
             *slot = self
@@ -175,6 +224,7 @@ impl HostReader {
             .unwrap_or_default();
         let now = Readings {
             cpu,
+            cpus,
             pressure,
             disks,
         };
@@ -193,6 +243,17 @@ impl HostReader {
                 irq_seconds: s(n.irq, b.irq),
                 softirq_seconds: s(n.softirq, b.softirq),
                 steal_seconds: s(n.steal, b.steal),
+                per_cpu_busy: now
+                    .cpus
+                    .iter()
+                    .map(|(i, t)| {
+                        let before = self.previous.cpus.iter().find(|(p, _)| p == i);
+                        (
+                            *i,
+                            t.busy_since(before.map_or(&CpuTicks::default(), |b| &b.1)),
+                        )
+                    })
+                    .collect(),
             }
         });
         let p = |i: usize| {
@@ -257,6 +318,18 @@ mod tests {
         assert!(parse_proc_stat(&fixture("host/stat")).is_ok());
         assert!(parse_proc_stat("cpu 1 2 3\n").is_err());
         assert!(parse_proc_stat("intr 5\n").is_err());
+        let cpus = parse_proc_stat_cpus(&fixture("host-6.12/stat")).unwrap();
+        assert_eq!(cpus.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1]);
+        assert!(parse_proc_stat_cpus("cpu0 1 2\n").is_err());
+        let before = CpuTicks::default();
+        let now = CpuTicks {
+            user: 30,
+            idle: 60,
+            iowait: 10,
+            ..before
+        };
+        assert_eq!(now.busy_since(&before), 0.3);
+        assert_eq!(before.busy_since(&before), 0.0);
     }
 
     #[test]
@@ -279,5 +352,10 @@ mod tests {
         let second = host.sample();
         let cpu = second.cpu.expect("/proc/stat");
         assert!(cpu.cpus > 0 && cpu.idle_seconds >= 0.0);
+        assert!(!cpu.per_cpu_busy.is_empty());
+        assert!(cpu
+            .per_cpu_busy
+            .iter()
+            .all(|(_, b)| (0.0..=1.0).contains(b)));
     }
 }

@@ -146,7 +146,7 @@ fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
                 )
             };
             let snapshot = one_window(&config.sampling.sampler(), config.duration, None, started)?;
-            let targets = playbook::run::targets(&snapshot, config.target.as_deref());
+            let targets = playbook::run::examined(&playbook, &snapshot, config.target.as_deref());
             if targets.is_empty() {
                 anyhow::bail!(
                     "no cgroup matches {:?} (a container or pod name, namespace, id, or a path starting with /)",

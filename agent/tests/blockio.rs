@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -21,42 +20,6 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-
-/// A loop device over a file of ours, detached and removed on drop.
-struct LoopDevice {
-    file: PathBuf,
-    dev: String,
-}
-
-impl LoopDevice {
-    fn create() -> Option<Self> {
-        let file = std::env::temp_dir().join(format!("cgscope-blockio-{}.img", std::process::id()));
-        std::fs::write(&file, vec![0u8; 64 << 20]).ok()?;
-        // Direct IO to the backing file: reads reach the disk, not the page cache.
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .ok()?;
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || dev.is_empty() {
-            let _ = std::fs::remove_file(&file);
-            return None;
-        }
-        Some(Self { file, dev })
-    }
-
-    fn name(&self) -> &str {
-        self.dev.trim_start_matches("/dev/")
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
 
 /// `MAJ:MIN` of a block device, from sysfs.
 fn dev_number(name: &str) -> Option<String> {
@@ -182,7 +145,7 @@ fn direct_reads_on_a_loop_device_match_fio_and_biolatency() {
         eprintln!("skipped: no fio");
         return;
     }
-    let Some(disk) = LoopDevice::create() else {
+    let Some(disk) = common::LoopDevice::create() else {
         eprintln!("skipped: cannot create a loop device here");
         return;
     };

@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup | run | test | vm | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | vm | bench | lab`.
 
 mod bench;
 mod bench_probes;
 mod cmd;
+mod lab;
 mod setup;
 mod test;
 mod vm;
@@ -36,6 +37,9 @@ enum Task {
     Vm(vm::VmArgs),
     /// Benchmarks; prints a table with ratios against a reference.
     Bench(bench::BenchArgs),
+    /// Build a playbook's scenario (real cgroups and workloads) and hold it until
+    /// Ctrl-C; without a name, list them.
+    Lab { scenario: Option<String> },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_vm } => test::run(!no_vm),
         Task::Vm(args) => vm::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Lab { scenario } => lab::run(scenario.as_deref()),
     }
 }

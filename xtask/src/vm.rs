@@ -118,7 +118,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the test binaries and the `cgscope` binary; returns their paths.
-fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
+pub fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
     let out = cmd::output(cmd::cargo_command().args([
         "test",
         "-p",

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// The pages, by file name.
 const PAGES: &[(&str, &str)] = &[
     ("triage", include_str!("../../../playbooks/triage.md")),
+    ("host", include_str!("../../../playbooks/host.md")),
+    (
+        "throughput-ceiling",
+        include_str!("../../../playbooks/throughput-ceiling.md"),
+    ),
     (
         "cpu-throttling",
         include_str!("../../../playbooks/cpu-throttling.md"),
@@ -22,6 +27,11 @@ const PAGES: &[(&str, &str)] = &[
     (
         "memory-pressure",
         include_str!("../../../playbooks/memory-pressure.md"),
+    ),
+    ("disk-io", include_str!("../../../playbooks/disk-io.md")),
+    (
+        "network-latency",
+        include_str!("../../../playbooks/network-latency.md"),
     ),
 ];
 
@@ -62,12 +72,44 @@ pub struct Check {
     pub neighbours: bool,
 }
 
+/// Which cgroups a run examines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Examine {
+    /// The leaves (containers, services): a parent's numbers include its children's.
+    #[default]
+    Leaves,
+    /// The top (the root, or the selected cgroup) and its children: the node's
+    /// level, where system.slice, kubepods and user.slice share the machine.
+    Top,
+}
+
+/// How findings of one severity are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    /// In the order of the checks (the first is the playbook's main question), then
+    /// by how far over its threshold.
+    #[default]
+    Checks,
+    /// By value, whatever the check: for checks of one unit (shares of a limit),
+    /// the one nearest to its ceiling first.
+    Value,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
     pub name: String,
     /// One line: the question it answers.
     pub summary: String,
+    #[serde(default)]
+    pub examine: Examine,
+    #[serde(default)]
+    pub rank: Rank,
+    /// Report every value computed, findings or not (the headroom of the rest).
+    #[serde(default)]
+    pub readings: bool,
     #[serde(rename = "check")]
     pub checks: Vec<Check>,
     /// The page, for `explain`.

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{measure, Playbook};
+use super::{
+    measure::{self, Scope, Unit},
+    Examine, Playbook, Rank,
+};
 use crate::{
     cgroup::{identity::CgroupKind, tree::under},
     sample::{CgroupSample, Snapshot},
@@ -36,6 +39,9 @@ pub struct Finding {
     pub finding: String,
     pub measure: String,
     pub value: f64,
+    /// Where the value was found (a device and operation, a CPU), for measures over
+    /// several.
+    pub on: Option<String>,
     /// The value with its unit, and the threshold it crossed (or stayed under).
     pub evidence: String,
     pub means: String,
@@ -54,6 +60,23 @@ pub struct Report {
     pub no_data: Vec<String>,
     /// Worst first; `ok` results are left out.
     pub findings: Vec<Finding>,
+    /// Every value computed, highest first, for playbooks that report them all
+    /// (`readings = true`); empty otherwise.
+    pub readings: Vec<Reading>,
+}
+
+/// One measure of one cgroup, finding or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reading {
+    pub path: String,
+    pub name: Option<String>,
+    pub measure: String,
+    pub value: f64,
+    pub on: Option<String>,
+    /// The value with its unit.
+    pub shown: String,
+    /// `1 - value`, for shares of a limit or capacity.
+    pub headroom: Option<f64>,
 }
 
 /// Whether `selector` names this cgroup: container or pod name, namespace, container
@@ -115,13 +138,59 @@ fn selector_of(c: &CgroupSample) -> String {
         .unwrap_or_else(|| c.path.clone())
 }
 
+/// The parent of a cgroup path (`None` for the root).
+fn parent(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        Some(0) if path.len() > 1 => Some("/"),
+        Some(i) if i > 0 => Some(&path[..i]),
+        _ => None,
+    }
+}
+
+/// The cgroups `playbook` examines: [`targets`] for leaves; for the top, the selected
+/// cgroups (the root without a selector) and their children.
+pub fn examined<'a>(
+    playbook: &Playbook,
+    snapshot: &'a Snapshot,
+    selector: Option<&str>,
+) -> Vec<&'a CgroupSample> {
+    if playbook.examine == Examine::Leaves {
+        return targets(snapshot, selector);
+    }
+    let chosen = |c: &CgroupSample| match selector {
+        Some(s) => selects(c, s),
+        None => c.kind == CgroupKind::Root,
+    };
+    let tops: Vec<&str> = snapshot
+        .cgroups
+        .iter()
+        .filter(|c| chosen(c))
+        .map(|c| c.path.as_str())
+        .collect();
+    snapshot
+        .cgroups
+        .iter()
+        .filter(|c| {
+            tops.contains(&c.path.as_str()) || parent(&c.path).is_some_and(|p| tops.contains(&p))
+        })
+        .collect()
+}
+
 /// Evaluates `playbook` on the `examined` cgroups of `snapshot`.
 pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSample]) -> Report {
     let window = snapshot.window_seconds;
+    let scope = Scope {
+        window,
+        host: &snapshot.host.window,
+    };
     // Where noisy neighbours are looked for: every leaf of the node (the examined
-    // cgroups are leaves too).
-    let leaves = targets(snapshot, None);
+    // cgroups are leaves too), or for the top, the cgroups examined.
+    let candidates = match playbook.examine {
+        Examine::Leaves => targets(snapshot, None),
+        Examine::Top => examined.to_vec(),
+    };
     let mut findings = Vec::new();
+    let mut readings = Vec::new();
     let mut no_data = Vec::new();
     for check in &playbook.checks {
         let Some(m) = measure::find(&check.measure) else {
@@ -129,10 +198,21 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
         };
         let mut evaluated = false;
         for c in examined {
-            let Some(value) = (m.compute)(c, window) else {
+            let Some(measure::Value { value, on }) = (m.compute)(c, &scope) else {
                 continue;
             };
             evaluated = true;
+            if playbook.readings {
+                readings.push(Reading {
+                    path: c.path.clone(),
+                    name: label(c),
+                    measure: m.name.to_owned(),
+                    value,
+                    on: on.clone(),
+                    shown: m.unit.show(value),
+                    headroom: (m.unit == Unit::OfCeiling).then_some(1.0 - value),
+                });
+            }
             let severity = if value >= check.critical {
                 Severity::Critical
             } else if value >= check.warn {
@@ -145,7 +225,7 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
                 _ => check.warn,
             };
             let neighbours = if check.neighbours {
-                busiest_others(&leaves, window, c)
+                busiest_others(&candidates, window, c)
             } else {
                 Vec::new()
             };
@@ -157,12 +237,16 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
                 measure: m.name.to_owned(),
                 value,
                 evidence: format!(
-                    "{} {} ≥ {} ({})",
+                    "{} {}{} ≥ {} ({})",
                     m.name,
                     m.unit.show(value),
+                    on.as_deref()
+                        .map(|o| format!(" on {o}"))
+                        .unwrap_or_default(),
                     m.unit.show(threshold),
                     m.description
                 ),
+                on,
                 means: check.means.clone(),
                 next: check.next.replace("{target}", &selector_of(c)),
                 neighbours,
@@ -181,11 +265,13 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
     };
     findings.sort_by(|a, b| {
         let ((ia, xa), (ib, xb)) = (rank(a), rank(b));
-        b.severity
-            .cmp(&a.severity)
-            .then(ia.cmp(&ib))
-            .then(xb.total_cmp(&xa))
+        let by_rank = match playbook.rank {
+            Rank::Checks => ia.cmp(&ib).then(xb.total_cmp(&xa)),
+            Rank::Value => b.value.total_cmp(&a.value),
+        };
+        b.severity.cmp(&a.severity).then(by_rank)
     });
+    readings.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.path.cmp(&b.path)));
     Report {
         playbook: playbook.name.clone(),
         summary: playbook.summary.clone(),
@@ -193,6 +279,7 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
         examined: examined.len(),
         no_data,
         findings,
+        readings,
     }
 }
 
@@ -257,6 +344,29 @@ impl Report {
             }
             let _ = writeln!(out, "  means: {}", f.means);
             let _ = writeln!(out, "  next: {}", f.next);
+        }
+        if !self.readings.is_empty() {
+            let _ = writeln!(out, "\n{h}Readings, highest first");
+            for r in &self.readings {
+                let headroom = r
+                    .headroom
+                    .map(|h| format!("headroom {:.1}%", h * 100.0))
+                    .unwrap_or_default();
+                let on =
+                    r.on.as_deref()
+                        .map(|o| format!(" on {o}"))
+                        .unwrap_or_default();
+                let who = r
+                    .name
+                    .as_deref()
+                    .map(|n| format!("{n} "))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {:>9} {:<16} {who}{}{on}",
+                    r.measure, r.shown, headroom, r.path
+                );
+            }
         }
         for n in &self.no_data {
             let _ = writeln!(out, "\nnot evaluated, no data: {n}");

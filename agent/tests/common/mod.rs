@@ -205,6 +205,8 @@ impl TestTree {
 
 impl Drop for TestTree {
     fn drop(&mut self) {
+        // Also the processes our workloads forked (cgroup.kill: Linux 5.14+).
+        let _ = std::fs::write(self.top.dir.join("cgroup.kill"), "1");
         reap(&mut self.top.pids);
         for dir in self.dirs.iter().rev() {
             remove_cgroup_dir(dir);
@@ -323,10 +325,32 @@ impl TestCgroup {
     /// A command whose process joins this cgroup before it execs, so that all of
     /// its work is accounted here.
     pub fn command(&self, program: &str) -> std::process::Command {
+        command_in(&self.dir, program)
+    }
+}
+
+impl TestTree {
+    /// Starts `cmd` (from [`command_in`]) and kills it with the tree.
+    // The child is reaped by PID with the tree's others (`reap`), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(&mut self, mut cmd: std::process::Command) -> Pid {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a workload");
+        let pid = Pid::from_raw(child.id() as i32);
+        self.top.pids.push(pid);
+        pid
+    }
+}
+
+/// A command whose process joins the cgroup at `dir` before it execs.
+pub fn command_in(dir: &std::path::Path, program: &str) -> std::process::Command {
+    {
         use std::os::unix::process::CommandExt;
-        let procs =
-            std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned())
-                .expect("path");
+        let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned())
+            .expect("path");
         let mut cmd = std::process::Command::new(program);
         // SAFETY: only open/write/close between fork and exec: async-signal-safe.
         unsafe {
@@ -341,7 +365,9 @@ impl TestCgroup {
         }
         cmd
     }
+}
 
+impl TestCgroup {
     /// Waits up to `timeout` for a child started by `spawn` to exit.
     pub fn wait_exit(&self, pid: Pid, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -484,5 +510,43 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
         let _ = self.0.wait();
+    }
+}
+
+/// A loop device over a file of ours, detached and removed on drop.
+pub struct LoopDevice {
+    file: PathBuf,
+    pub dev: String,
+}
+
+impl LoopDevice {
+    pub fn create() -> Option<Self> {
+        let file = std::env::temp_dir().join(format!("cgscope-test-{}.img", std::process::id()));
+        std::fs::write(&file, vec![0u8; 64 << 20]).ok()?;
+        // Direct IO to the backing file: reads reach the disk, not the page cache.
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(&file)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || dev.is_empty() {
+            let _ = std::fs::remove_file(&file);
+            return None;
+        }
+        Some(Self { file, dev })
+    }
+
+    pub fn name(&self) -> &str {
+        self.dev.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+        let _ = std::fs::remove_file(&self.file);
     }
 }
