@@ -240,9 +240,7 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
                     "{} {}{} ≥ {} ({})",
                     m.name,
                     m.unit.show(value),
-                    on.as_deref()
-                        .map(|o| format!(" on {o}"))
-                        .unwrap_or_default(),
+                    prefixed(&on, " on ", ""),
                     m.unit.show(threshold),
                     m.description
                 ),
@@ -309,6 +307,13 @@ fn busiest_others(leaves: &[&CgroupSample], window: f64, me: &CgroupSample) -> V
     others
 }
 
+/// `before` + the value + `after`, or nothing.
+fn prefixed(v: &Option<String>, before: &str, after: &str) -> String {
+    v.as_deref()
+        .map(|v| format!("{before}{v}{after}"))
+        .unwrap_or_default()
+}
+
 impl Report {
     pub fn text(&self, markdown: bool) -> String {
         let mut out = String::new();
@@ -322,20 +327,12 @@ impl Report {
             let _ = writeln!(out, "\nNo finding: every check stayed under its threshold.");
         }
         for f in &self.findings {
-            let who = f
-                .name
-                .as_deref()
-                .map(|n| format!("{n} "))
-                .unwrap_or_default();
+            let who = prefixed(&f.name, "", " ");
             let severity = format!("{:?}", f.severity).to_uppercase();
             let _ = writeln!(out, "\n{b}{severity}{b} {who}{}: {}", f.path, f.finding);
             let _ = writeln!(out, "  evidence: {}", f.evidence);
             for n in &f.neighbours {
-                let who = n
-                    .name
-                    .as_deref()
-                    .map(|n| format!("{n} "))
-                    .unwrap_or_default();
+                let who = prefixed(&n.name, "", " ");
                 let _ = writeln!(
                     out,
                     "  neighbour: {who}{} used {:.2} CPUs",
@@ -352,15 +349,8 @@ impl Report {
                     .headroom
                     .map(|h| format!("headroom {:.1}%", h * 100.0))
                     .unwrap_or_default();
-                let on =
-                    r.on.as_deref()
-                        .map(|o| format!(" on {o}"))
-                        .unwrap_or_default();
-                let who = r
-                    .name
-                    .as_deref()
-                    .map(|n| format!("{n} "))
-                    .unwrap_or_default();
+                let on = prefixed(&r.on, " on ", "");
+                let who = prefixed(&r.name, "", " ");
                 let _ = writeln!(
                     out,
                     "  {:<24} {:>9} {:<16} {who}{}{on}",
