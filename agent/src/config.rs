@@ -210,6 +210,30 @@ pub enum SnapshotFormat {
     Json,
 }
 
+/// `cgscope top`.
+#[derive(Debug, Clone, Args)]
+pub struct TopConfig {
+    #[command(flatten)]
+    pub sampling: SamplingOptions,
+
+    /// Refresh: the length of each window.
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Print one window as plain text and exit (also when stdout is not a terminal).
+    #[arg(long)]
+    pub once: bool,
+
+    /// The column to sort by, highest first (NAME, CPU, THROTTLED, RUNQ-P99, MEM,
+    /// MEM/LIM, PSI, R-IOPS, W-IOPS, IO-P99, RX, TX, RTT-P99).
+    #[arg(long, default_value = "CPU", value_parser = crate::top::Sort::by)]
+    pub sort: crate::top::Sort,
+
+    /// Pods instead of containers.
+    #[arg(long)]
+    pub pods: bool,
+}
+
 /// `cgscope playbook run`.
 #[derive(Debug, Clone, Args)]
 pub struct PlaybookRunConfig {

@@ -165,6 +165,25 @@ impl ExponentialHistogram {
         self.max_bucket_seconds()
     }
 
+    /// Counts per power of two, from the lowest to the highest non-empty one: (upper
+    /// bound in seconds, count); the zero bucket first, at the zero threshold.
+    pub fn octaves(&self) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = Vec::new();
+        if self.zero_count > 0 {
+            out.push((self.zero_threshold_seconds, self.zero_count));
+        }
+        let per_octave = SUB_BUCKETS as i32;
+        for (i, &c) in self.bucket_counts.iter().enumerate() {
+            let octave = (self.offset + i as i32).div_euclid(per_octave);
+            let upper = 2f64.powi(octave + 1);
+            match out.last_mut() {
+                Some((u, n)) if *u == upper => *n += c,
+                _ => out.push((upper, c)),
+            }
+        }
+        out
+    }
+
     /// Upper bound of the highest non-empty bucket (the zero threshold if only the
     /// zero bucket has counts, 0 if empty).
     pub fn max_bucket_seconds(&self) -> f64 {

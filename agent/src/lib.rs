@@ -15,6 +15,7 @@ pub mod probes;
 pub mod sample;
 pub mod sampler;
 pub mod table;
+pub mod top;
 pub mod window;
 
 /// A file's text from `tests/fixtures/`, captured from real hosts, for the parser

@@ -11,7 +11,7 @@ use cgscope::{
     check,
     config::{
         CheckConfig, CheckFormat, PlaybookRunConfig, ReportFormat, RunConfig, SnapshotConfig,
-        SnapshotFormat, DEFAULT_INTERVAL,
+        SnapshotFormat, TopConfig, DEFAULT_INTERVAL,
     },
     export::{
         api::{self, Published},
@@ -25,7 +25,7 @@ use cgscope::{
     playbook,
     sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
-    table,
+    table, top,
 };
 use clap::{Parser, Subcommand};
 
@@ -46,6 +46,8 @@ enum Command {
     Snapshot(SnapshotConfig),
     /// Run the agent: sample every interval, serve the HTTP API.
     Run(RunConfig),
+    /// Live view of the containers (or pods), sortable; `--once` for plain text.
+    Top(TopConfig),
     /// Investigations: checks with thresholds, findings with evidence and next steps.
     #[command(subcommand)]
     Playbook(PlaybookCommand),
@@ -63,10 +65,11 @@ enum PlaybookCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run(_)) {
-        "info"
-    } else {
-        "warn"
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        // Warnings would write over the screen; top shows what is not attached.
+        Command::Top(_) => "error",
+        _ => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Check(config) => return check_command(&config),
         Command::Snapshot(config) => snapshot_command(&config),
         Command::Run(config) => run_command(config),
+        Command::Top(config) => top_command(config),
         Command::Playbook(command) => playbook_command(command),
     };
     match result {
@@ -126,6 +130,17 @@ fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
         SnapshotFormat::Table => print!("{}", table::render(&snapshot)),
     }
     Ok(())
+}
+
+fn top_command(config: TopConfig) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let sampling = config.sampling.sampler();
+    if config.once || !std::io::stdout().is_terminal() {
+        let snapshot = one_window(&sampling, config.interval, None, || {})?;
+        print!("{}", top::text(&snapshot, config.pods, config.sort));
+        return Ok(());
+    }
+    top::ui::run(sampling, config.interval, config.pods, config.sort)
 }
 
 fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {

@@ -29,6 +29,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "io tests and cargo xtask bench io: the IO workload and its own count of IOs",
     ),
     (
+        "tmux",
+        "top test: drives cgscope top in a terminal (send-keys, capture-pane)",
+    ),
+    (
         "iproute2",
         "network tests: network namespaces and veth pairs",
     ),

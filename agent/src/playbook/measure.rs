@@ -24,6 +24,8 @@ pub enum Unit {
     Seconds,
     Count,
     PerSecond,
+    Bytes,
+    BytesPerSecond,
 }
 
 impl Unit {
@@ -34,7 +36,24 @@ impl Unit {
             Self::Seconds => crate::table::duration(v),
             Self::Count => format!("{v:.0}"),
             Self::PerSecond => format!("{v:.1}/s"),
+            Self::Bytes => bytes(v),
+            Self::BytesPerSecond => format!("{}/s", bytes(v)),
         }
+    }
+}
+
+/// Bytes with a binary unit, three significant digits.
+fn bytes(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = v;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{v:.0}B"),
+        _ => format!("{v:.1}{}", UNITS[unit]),
     }
 }
 
@@ -134,6 +153,27 @@ fn host_cpu(c: &CgroupSample, s: &Scope) -> Option<(f64, f64, f64)> {
     (total > 0.0).then_some((busy, h.steal_seconds, total))
 }
 
+/// IOs per second over all devices: io.stat's rate where the cgroup has one, else
+/// the probe's completions in the window.
+fn iops(
+    c: &CgroupSample,
+    s: &Scope,
+    of: impl Fn(&IoDeviceSample) -> (Option<f64>, Option<u64>),
+) -> Option<Value> {
+    let mut total = None;
+    for d in devices(c) {
+        let rate = match of(d) {
+            (Some(rate), _) => Some(rate),
+            (None, Some(ops)) if s.window > 0.0 => Some(ops as f64 / s.window),
+            _ => None,
+        };
+        if let Some(rate) = rate {
+            *total.get_or_insert(0.0) += rate;
+        }
+    }
+    total.map(Value::from)
+}
+
 fn network(c: &CgroupSample) -> Option<&NetworkSample> {
     c.network.as_ref()
 }
@@ -208,6 +248,12 @@ pub const MEASURES: &[Measure] = &[
         },
     },
     Measure {
+        name: "memory.current",
+        unit: Unit::Bytes,
+        description: "memory in use at the end of the window (memory.current)",
+        compute: |c, _| c.memory.as_ref()?.current_bytes.map(|b| (b as f64).into()),
+    },
+    Measure {
         name: "memory.pressure",
         unit: Unit::Ratio,
         description: "share of the window some task stalled on memory (memory.pressure some)",
@@ -233,6 +279,31 @@ pub const MEASURES: &[Measure] = &[
         unit: Unit::Ratio,
         description: "share of the window some task stalled on IO (io.pressure some)",
         compute: |c, s| some(&c.pressure.io, s.window),
+    },
+    Measure {
+        name: "pressure.some",
+        unit: Unit::Ratio,
+        description: "the highest of the CPU, memory and IO stall shares of the window (PSI some)",
+        compute: |c, s| {
+            let p = &c.pressure;
+            worst(
+                [("cpu", &p.cpu), ("memory", &p.memory), ("io", &p.io)]
+                    .into_iter()
+                    .filter_map(|(r, p)| Some((some(p, s.window)?.value, r.to_owned()))),
+            )
+        },
+    },
+    Measure {
+        name: "io.read_iops",
+        unit: Unit::PerSecond,
+        description: "block reads per second, all devices (io.stat, else the blockio probe's completions)",
+        compute: |c, s| iops(c, s, |d| (d.read_iops, d.completed.as_ref().map(|c| c.read.ops))),
+    },
+    Measure {
+        name: "io.write_iops",
+        unit: Unit::PerSecond,
+        description: "block writes per second, all devices (io.stat, else the blockio probe's completions)",
+        compute: |c, s| iops(c, s, |d| (d.write_iops, d.completed.as_ref().map(|c| c.write.ops))),
     },
     Measure {
         name: "io.iops_of_limit",
@@ -336,6 +407,24 @@ pub const MEASURES: &[Measure] = &[
             let interfaces: u64 = n.interfaces.iter().map(|i| i.rx_dropped + i.tx_dropped).sum();
             let listen = n.tcp.as_ref().and_then(|t| t.listen_drops).unwrap_or(0);
             per_second(Some((interfaces + listen) as f64), s.window)
+        },
+    },
+    Measure {
+        name: "net.rx",
+        unit: Unit::BytesPerSecond,
+        description: "bytes received per second on the interfaces of the cgroup's network namespace",
+        compute: |c, s| {
+            let n = network(c).filter(|n| n.netns.is_some())?;
+            per_second(Some(n.interfaces.iter().map(|i| i.rx_bytes as f64).sum()), s.window)
+        },
+    },
+    Measure {
+        name: "net.tx",
+        unit: Unit::BytesPerSecond,
+        description: "bytes sent per second on the interfaces of the cgroup's network namespace",
+        compute: |c, s| {
+            let n = network(c).filter(|n| n.netns.is_some())?;
+            per_second(Some(n.interfaces.iter().map(|i| i.tx_bytes as f64).sum()), s.window)
         },
     },
     Measure {
