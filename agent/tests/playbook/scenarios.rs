@@ -280,6 +280,9 @@ fn network_latency() -> Result<Scenario, String> {
 /// A busy loop pinned to CPU 0 in a top-level cgroup, an idle top-level cgroup: the
 /// node's load sits on one CPU.
 fn host() -> Result<Scenario, String> {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return Err("one CPU: its load cannot sit on some CPUs".into());
+    }
     let mut tree = TestTree::create("host");
     tree.mkdir("pinned");
     let pid = tree.spawn("pinned", || {}, common::spin);
