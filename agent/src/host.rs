@@ -160,6 +160,32 @@ pub struct HostCpu {
     pub per_cpu_busy: Vec<(usize, f64)>,
 }
 
+impl HostCpu {
+    fn total_seconds(&self) -> f64 {
+        self.user_seconds
+            + self.nice_seconds
+            + self.system_seconds
+            + self.idle_seconds
+            + self.iowait_seconds
+            + self.irq_seconds
+            + self.softirq_seconds
+            + self.steal_seconds
+    }
+
+    /// Share of all CPU time in the window that was busy (not idle, not iowait);
+    /// `None` for an empty window.
+    pub fn busy_share(&self) -> Option<f64> {
+        let total = self.total_seconds();
+        (total > 0.0).then(|| 1.0 - (self.idle_seconds + self.iowait_seconds) / total)
+    }
+
+    /// Share of all CPU time in the window the hypervisor gave to others.
+    pub fn steal_share(&self) -> Option<f64> {
+        let total = self.total_seconds();
+        (total > 0.0).then(|| self.steal_seconds / total)
+    }
+}
+
 /// The host in one window: every field is a delta over the window except the PSI
 /// averages. `null` where the host has no such file.
 #[derive(Debug, Default, Clone, Serialize)]

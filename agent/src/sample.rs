@@ -343,3 +343,12 @@ pub struct PressureWindow {
     pub some_avg10: Option<f64>,
     pub full_avg10: Option<f64>,
 }
+
+impl PressureWindow {
+    /// Share of a window of `window` seconds in which some task stalled.
+    pub fn some_share(&self, window: f64) -> Option<f64> {
+        self.some_seconds
+            .filter(|_| window > 0.0)
+            .map(|s| s / window)
+    }
+}

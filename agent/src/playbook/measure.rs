@@ -7,7 +7,7 @@ use crate::{
     cgroup::identity::CgroupKind,
     histogram::LatencySummary,
     host::HostSample,
-    net::NetworkSample,
+    net::{Interface, NetworkSample},
     sample::{CgroupSample, IoDeviceSample, PerOperation, PressureWindow},
 };
 
@@ -91,7 +91,7 @@ fn per_second(v: Option<f64>, window: f64) -> Option<Value> {
 }
 
 fn some(p: &Option<PressureWindow>, window: f64) -> Option<Value> {
-    per_second(p.as_ref().and_then(|p| p.some_seconds), window)
+    p.as_ref()?.some_share(window).map(Value::from)
 }
 
 fn p99(l: &Option<LatencySummary>) -> Option<Value> {
@@ -139,20 +139,6 @@ fn host<T>(c: &CgroupSample, v: Option<T>) -> Option<T> {
     v.filter(|_| c.kind == CgroupKind::Root)
 }
 
-/// The node's busy, steal and total CPU seconds in the window (root only).
-fn host_cpu(c: &CgroupSample, s: &Scope) -> Option<(f64, f64, f64)> {
-    let h = host(c, s.host.cpu.as_ref())?;
-    let idle = h.idle_seconds + h.iowait_seconds;
-    let busy = h.user_seconds
-        + h.nice_seconds
-        + h.system_seconds
-        + h.irq_seconds
-        + h.softirq_seconds
-        + h.steal_seconds;
-    let total = busy + idle;
-    (total > 0.0).then_some((busy, h.steal_seconds, total))
-}
-
 /// IOs per second over all devices: io.stat's rate where the cgroup has one, else
 /// the probe's completions in the window.
 fn iops(
@@ -176,6 +162,12 @@ fn iops(
 
 fn network(c: &CgroupSample) -> Option<&NetworkSample> {
     c.network.as_ref()
+}
+
+/// The sum of `f` over the interfaces of the network namespace the cgroup owns.
+fn interfaces(c: &CgroupSample, f: fn(&Interface) -> u64) -> Option<u64> {
+    let n = network(c).filter(|n| n.netns.is_some())?;
+    Some(n.interfaces.iter().map(f).sum())
 }
 
 /// Every measure, by name.
@@ -402,38 +394,29 @@ pub const MEASURES: &[Measure] = &[
         unit: Unit::PerSecond,
         description: "packets dropped per second: interfaces' rx/tx drops and listen-queue drops (the cgroup's network namespace)",
         compute: |c, s| {
-            let n = network(c)?;
-            n.netns?;
-            let interfaces: u64 = n.interfaces.iter().map(|i| i.rx_dropped + i.tx_dropped).sum();
-            let listen = n.tcp.as_ref().and_then(|t| t.listen_drops).unwrap_or(0);
-            per_second(Some((interfaces + listen) as f64), s.window)
+            let dropped = interfaces(c, |i| i.rx_dropped + i.tx_dropped)?;
+            let listen = network(c)?.tcp.as_ref().and_then(|t| t.listen_drops).unwrap_or(0);
+            per_second(Some((dropped + listen) as f64), s.window)
         },
     },
     Measure {
         name: "net.rx",
         unit: Unit::BytesPerSecond,
         description: "bytes received per second on the interfaces of the cgroup's network namespace",
-        compute: |c, s| {
-            let n = network(c).filter(|n| n.netns.is_some())?;
-            per_second(Some(n.interfaces.iter().map(|i| i.rx_bytes as f64).sum()), s.window)
-        },
+        compute: |c, s| per_second(interfaces(c, |i| i.rx_bytes).map(|b| b as f64), s.window),
     },
     Measure {
         name: "net.tx",
         unit: Unit::BytesPerSecond,
         description: "bytes sent per second on the interfaces of the cgroup's network namespace",
-        compute: |c, s| {
-            let n = network(c).filter(|n| n.netns.is_some())?;
-            per_second(Some(n.interfaces.iter().map(|i| i.tx_bytes as f64).sum()), s.window)
-        },
+        compute: |c, s| per_second(interfaces(c, |i| i.tx_bytes).map(|b| b as f64), s.window),
     },
     Measure {
         name: "host.cpu.busy",
         unit: Unit::OfCeiling,
         description: "share of all the node's CPU time that was busy (/proc/stat)",
         compute: |c, s| {
-            let (busy, _, total) = host_cpu(c, s)?;
-            Some((busy / total).into())
+            host(c, s.host.cpu.as_ref())?.busy_share().map(Value::from)
         },
     },
     Measure {
@@ -455,8 +438,7 @@ pub const MEASURES: &[Measure] = &[
         unit: Unit::Ratio,
         description: "share of the node's CPU time the hypervisor gave to others (/proc/stat steal)",
         compute: |c, s| {
-            let (_, steal, total) = host_cpu(c, s)?;
-            Some((steal / total).into())
+            host(c, s.host.cpu.as_ref())?.steal_share().map(Value::from)
         },
     },
     Measure {

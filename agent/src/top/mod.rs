@@ -224,20 +224,13 @@ pub fn summary(snapshot: &Snapshot) -> String {
     let host = &snapshot.host.window;
     let mut out = format!("kernel {}", snapshot.host.kernel);
     if let Some(cpu) = &host.cpu {
-        let busy: f64 = cpu.per_cpu_busy.iter().map(|(_, b)| b).sum();
-        let _ = write!(
-            out,
-            "  {} CPUs, {:.0}% busy",
-            cpu.cpus,
-            busy * 100.0 / cpu.cpus.max(1) as f64
-        );
+        let busy = cpu.busy_share().unwrap_or(0.0);
+        let _ = write!(out, "  {} CPUs, {:.0}% busy", cpu.cpus, busy * 100.0);
     }
     let psi = |p: &Option<crate::sample::PressureWindow>| {
         p.as_ref()
-            .and_then(|p| p.some_seconds)
-            .map_or("-".into(), |s| {
-                format!("{:.0}%", s * 100.0 / snapshot.window_seconds.max(1e-9))
-            })
+            .and_then(|p| p.some_share(snapshot.window_seconds))
+            .map_or("-".into(), |s| format!("{:.0}%", s * 100.0))
     };
     let p = &host.pressure;
     let _ = write!(

@@ -101,9 +101,16 @@ impl App {
         terminal: &mut DefaultTerminal,
         rx: &Receiver<Message>,
     ) -> anyhow::Result<()> {
+        // Drawn only after a key, a resize or a new window: the rows are computed
+        // on each draw, and an unchanged screen needs none.
+        let mut changed = true;
         loop {
-            terminal.draw(|f| self.draw(f))?;
+            if changed {
+                terminal.draw(|f| self.draw(f))?;
+                changed = false;
+            }
             if event::poll(Duration::from_millis(100))? {
+                changed = true;
                 match event::read()? {
                     Event::Key(key) if key.kind != KeyEventKind::Release => {
                         let ctrl_c = key.modifiers.contains(KeyModifiers::CONTROL)
@@ -116,7 +123,10 @@ impl App {
                 }
             }
             match rx.try_recv() {
-                Ok(Message::Window(s)) => self.snapshot = Some(*s),
+                Ok(Message::Window(s)) => {
+                    self.snapshot = Some(*s);
+                    changed = true;
+                }
                 Ok(Message::Failed(e)) => anyhow::bail!(e),
                 Ok(Message::Started(_)) | Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => anyhow::bail!("the sampler stopped"),
