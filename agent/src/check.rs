@@ -10,37 +10,11 @@ use serde::Serialize;
 use crate::{
     btf::VMLINUX_BTF,
     cgroup::mount::CgroupMode,
+    privilege::{self, CapabilityStatus},
     probes::Probes,
     sample::ProbeStatus,
     sampler::{kernel_release, resolve_root, SamplerConfig},
 };
-
-/// Capabilities the agent uses, with what each is for.
-const CAPABILITIES: &[(u32, &str, &str)] = &[
-    (39, "CAP_BPF", "load eBPF programs and maps"),
-    (
-        38,
-        "CAP_PERFMON",
-        "attach tracing programs, read kernel memory",
-    ),
-    (
-        21,
-        "CAP_SYS_ADMIN",
-        "replaces CAP_BPF/CAP_PERFMON on kernels before 5.8",
-    ),
-    (
-        2,
-        "CAP_DAC_READ_SEARCH",
-        "read cgroup and /proc files of other users",
-    ),
-];
-
-#[derive(Debug, Serialize)]
-pub struct Capability {
-    pub name: &'static str,
-    pub held: bool,
-    pub purpose: &'static str,
-}
 
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -55,26 +29,12 @@ pub struct CheckReport {
     pub hidden_host_tree: Option<String>,
     /// Pressure stall information: `/proc/pressure/*` and per-cgroup `*.pressure`.
     pub psi: bool,
-    pub capabilities: Vec<Capability>,
+    /// The capabilities cgscope uses, held or not (see `privilege`).
+    pub capabilities: Vec<CapabilityStatus>,
     pub probes: Vec<ProbeStatus>,
     /// Why cgscope cannot run at all, if it cannot.
     pub fatal: Option<String>,
     pub exit_code: i32,
-}
-
-fn capabilities() -> Vec<Capability> {
-    let effective = procfs::process::Process::myself()
-        .and_then(|p| p.status())
-        .map(|s| s.capeff)
-        .unwrap_or(0);
-    CAPABILITIES
-        .iter()
-        .map(|&(bit, name, purpose)| Capability {
-            name,
-            held: effective & (1 << bit) != 0,
-            purpose,
-        })
-        .collect()
 }
 
 /// Whether the cgroup tree cgscope reads is only part of the host's. The root of a
@@ -105,7 +65,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         root_controllers: Vec::new(),
         hidden_host_tree: None,
         psi: Path::new("/proc/pressure/cpu").exists(),
-        capabilities: capabilities(),
+        capabilities: privilege::status(),
         probes: Vec::new(),
         fatal: None,
         exit_code: 0,
@@ -131,6 +91,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
     }
     report.probes = Probes::attach(&config.probes, v2_root.as_deref()).status();
     let degraded = report.hidden_host_tree.is_some()
+        || report.capabilities.iter().any(|c| !c.held)
         || !report.btf
         || !report.psi
         || report.root_controllers.is_empty()
@@ -165,7 +126,24 @@ impl std::fmt::Display for CheckReport {
         }
         writeln!(f, "PSI               {}", yes(self.psi))?;
         for c in &self.capabilities {
-            writeln!(f, "{:<17} {} ({})", c.name, yes(c.held), c.purpose)?;
+            let after = if c.kept_after_attach {
+                "kept"
+            } else {
+                "dropped after attach"
+            };
+            match (c.held, c.via_sys_admin) {
+                (true, false) => writeln!(f, "{:<17} yes ({}; {after})", c.name, c.purpose)?,
+                (true, true) => writeln!(
+                    f,
+                    "{:<17} yes, through CAP_SYS_ADMIN ({})",
+                    c.name, c.purpose
+                )?,
+                (false, _) => writeln!(
+                    f,
+                    "{:<17} MISSING: {} (needed to {})",
+                    c.name, c.without, c.purpose
+                )?,
+            }
         }
         for p in &self.probes {
             match &p.error {

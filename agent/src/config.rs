@@ -61,6 +61,7 @@ impl SamplingOptions {
                 cri_sockets: self.cri_sockets.clone(),
                 ..MetadataConfig::default()
             },
+            drop_capabilities: false,
         }
     }
 }

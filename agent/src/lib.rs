@@ -11,6 +11,7 @@ pub mod host;
 pub mod metadata;
 pub mod net;
 pub mod playbook;
+pub mod privilege;
 pub mod probes;
 pub mod sample;
 pub mod sampler;

@@ -191,6 +191,19 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
         .or(otlp.as_ref().and_then(|o| o.interval))
         .unwrap_or(DEFAULT_INTERVAL);
 
+    // Attach first and give up what only attaching needs, before any other thread
+    // exists: capabilities are per thread, later threads inherit the reduced sets.
+    let sampler = Sampler::start(&SamplerConfig {
+        drop_capabilities: true,
+        ..config.sampling.sampler()
+    })?;
+    for probe in sampler.probes().status() {
+        match probe.error {
+            None => log::info!("probe {} attached", probe.name),
+            Some(e) => log::warn!("probe {} not attached: {e}", probe.name),
+        }
+    }
+
     // Two workers: the delivery task never waits behind a slow HTTP client.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -208,13 +221,6 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(api::bind(config.listen))
         .map_err(anyhow::Error::msg)?;
-    let sampler = Sampler::start(&config.sampling.sampler())?;
-    for probe in sampler.probes().status() {
-        match probe.error {
-            None => log::info!("probe {} attached", probe.name),
-            Some(e) => log::warn!("probe {} not attached: {e}", probe.name),
-        }
-    }
 
     let (stop_delivery, stop_rx) = tokio::sync::watch::channel(false);
     let exposition = Arc::new(Exposition::new(AgentResource::from_env(|k| {

@@ -262,14 +262,28 @@ impl Default for NetnsReader {
 
 impl NetnsReader {
     /// The namespace of the first process in the cgroup at `dir`, and that process,
-    /// unless it is the host's namespace.
-    pub fn own_netns(&mut self, dir: &std::path::Path) -> Option<(u64, u32)> {
-        let pid: u32 = match crate::cgroup::read_file(dir, "cgroup.procs", &mut self.text) {
-            Ok(true) => self.text.lines().next()?.trim().parse().ok()?,
-            _ => return None,
+    /// unless it is the host's namespace. An error only when the namespace may not
+    /// be read (a capability is missing); an empty or vanished cgroup has none.
+    pub fn own_netns(&mut self, dir: &std::path::Path) -> Result<Option<(u64, u32)>, String> {
+        let first = match crate::cgroup::read_file(dir, "cgroup.procs", &mut self.text) {
+            Ok(true) => self.text.lines().next().and_then(|l| l.trim().parse().ok()),
+            _ => None,
         };
-        let netns = netns_of(pid).ok()?; // exited since listed: nothing to read
-        (Some(netns) != self.host).then_some((netns, pid))
+        let Some(pid) = first else {
+            return Ok(None);
+        };
+        let netns = match netns_of(pid) {
+            Ok(netns) => netns,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "cannot read /proc/{pid}/ns/net (the network of {}): {e}; \
+                     cgscope needs CAP_SYS_PTRACE for processes of other users",
+                    dir.display()
+                ))
+            }
+            Err(_) => return Ok(None), // exited since listed: nothing to read
+        };
+        Ok((Some(netns) != self.host).then_some((netns, pid)))
     }
 
     /// Reads each namespace once and returns its window by namespace inode. `pids`:

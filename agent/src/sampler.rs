@@ -50,6 +50,10 @@ pub struct SamplerConfig {
     pub cgroup_root: Option<PathBuf>,
     pub probes: ProbeConfig,
     pub metadata: MetadataConfig,
+    /// Give up, once the probes are attached, the capabilities only attaching needs
+    /// (`privilege::drop_after_attach`). Capabilities are per thread: the sampler
+    /// must then start before any other thread.
+    pub drop_capabilities: bool,
 }
 
 impl Default for SamplerConfig {
@@ -61,6 +65,7 @@ impl Default for SamplerConfig {
                 enabled: crate::probes::ALL.map(str::to_owned).to_vec(),
             },
             metadata: MetadataConfig::default(),
+            drop_capabilities: false,
         }
     }
 }
@@ -121,6 +126,13 @@ impl Sampler {
             window: HostSample::default(),
         };
         let probes = Probes::attach(&config.probes, Some(&root));
+        if config.drop_capabilities {
+            match crate::privilege::drop_after_attach() {
+                Ok(dropped) if dropped.is_empty() => {}
+                Ok(dropped) => log::info!("probes attached; dropped {}", dropped.join(" ")),
+                Err(e) => log::warn!("cannot drop capabilities after attaching: {e}"),
+            }
+        }
         let mut sampler = Self {
             host,
             root,
@@ -351,6 +363,7 @@ fn assign_network(
 ) -> Vec<String> {
     let mut found: Vec<(u64, u32)> = Vec::new();
     let mut owners: Vec<(usize, u64)> = Vec::new();
+    let mut problems = Vec::new();
     for (i, s) in sample_of.iter().enumerate() {
         let Some(sample) = s
             .map(|s| &cgroups[s])
@@ -358,8 +371,13 @@ fn assign_network(
         else {
             continue;
         };
-        let Some((netns, pid)) = reader.own_netns(dirs[i].dir()) else {
-            continue;
+        let (netns, pid) = match reader.own_netns(dirs[i].dir()) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
         };
         let in_pod = sample
             .container
@@ -373,7 +391,8 @@ fn assign_network(
         found.push((netns, pid));
         owners.push((owner, netns));
     }
-    let (windows, errors) = reader.read(&found);
+    let (windows, mut errors) = reader.read(&found);
+    errors.append(&mut problems);
     for (owner, netns) in owners {
         let sample = &mut cgroups[owner];
         if sample.network.is_none() {

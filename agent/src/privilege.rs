@@ -1,0 +1,150 @@
+//! Linux capabilities: what each part of cgscope needs, what the process holds, and
+//! giving up, once the probes are attached, what only attaching needs.
+//!
+//! [`NEEDS`] is the whole set. The deployments grant exactly it (the DaemonSet's
+//! `capabilities.add`, the systemd unit's `CapabilityBoundingSet`); a test keeps
+//! them equal and runs cgscope with nothing more.
+
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+use serde::Serialize;
+
+/// One capability cgscope uses.
+pub struct Need {
+    pub capability: Capability,
+    /// What cgscope does with it.
+    pub purpose: &'static str,
+    /// What does not work without it.
+    pub without: &'static str,
+    /// Still needed after the probes are attached (else dropped then).
+    pub kept: bool,
+}
+
+const PROBES: &str = "the probes runq, blockio, oom and tcp do not attach";
+
+/// Every capability cgscope uses. CAP_SYS_ADMIN covers the first two (kernels before
+/// 5.8, and container runtimes that do not know them): it is accepted, not asked for.
+pub const NEEDS: [Need; 3] = [
+    Need {
+        capability: Capability::CAP_BPF,
+        purpose: "create the maps, load the eBPF programs and their BTF",
+        without: PROBES,
+        kept: false,
+    },
+    Need {
+        capability: Capability::CAP_PERFMON,
+        purpose: "load tracing programs (tp_btf, fentry) that read kernel memory",
+        without: PROBES,
+        kept: false,
+    },
+    Need {
+        capability: Capability::CAP_SYS_PTRACE,
+        purpose: "read /proc/PID/ns/net of processes of other users: which network namespace a container owns",
+        without: "no network counters for containers whose processes run as another user",
+        kept: true,
+    },
+];
+
+/// A capability of [`NEEDS`] and whether this process can use it.
+#[derive(Debug, Serialize)]
+pub struct CapabilityStatus {
+    /// As Linux spells it (`CAP_BPF`).
+    pub name: String,
+    pub held: bool,
+    /// Held through CAP_SYS_ADMIN rather than itself.
+    pub via_sys_admin: bool,
+    pub purpose: &'static str,
+    /// What does not work while it is missing.
+    pub without: &'static str,
+    /// Kept after the probes are attached (`cgscope run` drops the others).
+    pub kept_after_attach: bool,
+}
+
+/// The effective set of the calling thread; empty if it cannot be read.
+fn effective() -> HashSet<Capability> {
+    caps::read(None, CapSet::Effective).unwrap_or_default()
+}
+
+/// [`NEEDS`], each with whether this thread holds it.
+pub fn status() -> Vec<CapabilityStatus> {
+    let effective = effective();
+    let sys_admin = effective.contains(&Capability::CAP_SYS_ADMIN);
+    NEEDS
+        .iter()
+        .map(|need| {
+            let own = effective.contains(&need.capability);
+            let covered = sys_admin && need.capability != Capability::CAP_SYS_PTRACE;
+            CapabilityStatus {
+                name: need.capability.to_string(),
+                held: own || covered,
+                via_sys_admin: !own && covered,
+                purpose: need.purpose,
+                without: need.without,
+                kept_after_attach: need.kept,
+            }
+        })
+        .collect()
+}
+
+/// Gives up every capability but the [`Need::kept`] ones: from the effective,
+/// permitted and inheritable sets, the ambient set, and (when CAP_SETPCAP allows)
+/// the bounding set, so that they cannot come back. Returns what was dropped, by
+/// name, sorted.
+///
+/// Capabilities belong to a thread: call this before starting any other thread;
+/// threads started afterwards inherit the reduced sets.
+pub fn drop_after_attach() -> Result<Vec<String>, caps::errors::CapsError> {
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let keep: HashSet<Capability> = NEEDS
+        .iter()
+        .filter(|n| n.kept)
+        .map(|n| n.capability)
+        .filter(|c| permitted.contains(c))
+        .collect();
+    let mut dropped: Vec<String> = permitted
+        .difference(&keep)
+        .map(ToString::to_string)
+        .collect();
+    dropped.sort();
+    if effective().contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::runtime::thread_all_supported().difference(&keep) {
+            caps::drop(None, CapSet::Bounding, *cap)?;
+        }
+    }
+    // Not every kernel has ambient capabilities; there is nothing to clear there.
+    if caps::runtime::ambient_set_supported().is_ok() {
+        caps::clear(None, CapSet::Ambient)?;
+    }
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        let now = caps::read(None, set)?;
+        caps::set(None, set, &now.intersection(&keep).copied().collect())?;
+    }
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_are_distinct_and_only_ptrace_is_kept() {
+        let names: HashSet<String> = NEEDS.iter().map(|n| n.capability.to_string()).collect();
+        assert_eq!(names.len(), NEEDS.len());
+        let kept: Vec<String> = NEEDS
+            .iter()
+            .filter(|n| n.kept)
+            .map(|n| n.capability.to_string())
+            .collect();
+        assert_eq!(kept, ["CAP_SYS_PTRACE"]);
+    }
+
+    #[test]
+    fn status_matches_the_threads_effective_set() {
+        let effective = effective();
+        for s in status() {
+            let cap: Capability = s.name.parse().unwrap();
+            assert_eq!(s.held && !s.via_sys_admin, effective.contains(&cap));
+        }
+    }
+}
