@@ -268,6 +268,8 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
         let state = api::ApiState {
             latest: latest_rx,
             exposition,
+            interval,
+            started: Instant::now(),
         };
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown_signal())
@@ -307,7 +309,11 @@ fn sample_loop(
         exporter.window(&snapshot, scan);
         match serde_json::to_string(&snapshot) {
             Ok(json) => {
-                latest.send_replace(Some(Arc::new(Published { snapshot, json })));
+                latest.send_replace(Some(Arc::new(Published {
+                    snapshot,
+                    json,
+                    at: Instant::now(),
+                })));
             }
             Err(e) => log::error!("cannot serialise the snapshot: {e}"),
         }

@@ -172,8 +172,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn runq(args: &BenchArgs) -> anyhow::Result<()> {
-    cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
-    let cgscope = cmd::workspace_root().join("target/release/cgscope");
+    let cgscope = cmd::build_release()?;
     let _stats = BpfStats::enable()?;
 
     let mut wall: HashMap<&str, Vec<f64>> = HashMap::new();

@@ -145,11 +145,6 @@ fn compare(
     Ok(results)
 }
 
-fn cgscope_binary() -> anyhow::Result<PathBuf> {
-    cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
-    Ok(cmd::workspace_root().join("target/release/cgscope"))
-}
-
 /// `cgscope run` with only `probe` attached: the slowdown is that probe's (and the
 /// agent's scans), not the other probes' on the same workload.
 fn cgscope_run(binary: &Path, probe: &str) -> Command {
@@ -251,7 +246,7 @@ impl Drop for LoopDevice {
 /// loop device; cgscope vs libbpf-tools biolatency.
 pub fn io(rounds: usize) -> anyhow::Result<()> {
     crate::setup::run()?;
-    let binary = cgscope_binary()?;
+    let binary = cmd::build_release()?;
     let disk = LoopDevice::create()?;
     let disk_name = disk.dev.trim_start_matches("/dev/").to_owned();
     let none = || None;
@@ -370,7 +365,7 @@ fn iperf3() -> anyhow::Result<(f64, u64)> {
 /// loopback; cgscope vs a bpftrace `tcp_probe` histogram by cgroup.
 pub fn net(rounds: usize) -> anyhow::Result<()> {
     crate::setup::run()?;
-    let binary = cgscope_binary()?;
+    let binary = cmd::build_release()?;
     let none = || None;
     let ours = || Some(cgscope_run(&binary, "tcp"));
     let reference = || {

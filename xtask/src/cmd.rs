@@ -16,6 +16,16 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where `cargo xtask build` puts the agent (relative to the workspace root); the
+/// image's build stage copies it from there.
+pub const RELEASE_BINARY: &str = "target/release/cgscope";
+
+/// Builds the agent for release; returns the binary's path.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    cargo(&["build", "--release", "-p", "cgscope"])?;
+    Ok(workspace_root().join(RELEASE_BINARY))
+}
+
 fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {

@@ -1,8 +1,10 @@
-//! Developer tasks: `cargo xtask setup | run | test | vm | bench | lab`.
+//! Developer tasks: `cargo xtask setup | build | run | test | vm | bench | lab`.
 
 mod bench;
 mod bench_probes;
 mod cmd;
+#[cfg(test)]
+mod containerfile;
 mod lab;
 mod setup;
 mod test;
@@ -21,6 +23,9 @@ struct Cli {
 enum Task {
     /// Install what is missing: pinned nightly + rust-src, bpf-linker, Debian packages.
     Setup,
+    /// Install only what building needs (nightly + rust-src, bpf-linker) and build
+    /// the release binary (`target/release/cgscope`): the image's build stage.
+    Build,
     /// Set up if needed, build, and run the agent with its defaults (`cgscope run`).
     Run {
         /// Extra arguments for `cgscope run`.
@@ -45,10 +50,15 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Build => {
+            setup::build_toolchain(&mut Vec::new())?;
+            let bin = cmd::build_release()?;
+            println!("{}", bin.display());
+            Ok(())
+        }
         Task::Run { args } => {
             setup::run()?;
-            cmd::cargo(&["build", "--release", "-p", "cgscope"])?;
-            let bin = cmd::workspace_root().join("target/release/cgscope");
+            let bin = cmd::build_release()?;
             let mut all = vec!["run".to_owned()];
             all.extend(args);
             cmd::exec(&bin, &all)

@@ -70,17 +70,33 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "export test: a TLS server that verifies cgscope's client certificate (mTLS)",
     ),
     (
+        "systemd",
+        "deploy test: systemd-analyze verify checks the unit in deploy/systemd",
+    ),
+    (
         "prometheus",
         "export test: Prometheus scrapes /metrics and answers PromQL; promtool lints it",
     ),
 ];
 
 /// PyPI packages (pinned), with why.
-pub const PYPI_PACKAGES: &[(&str, &str, &str)] = &[(
-    "rotel",
-    "0.0.1a15",
-    "export tests: a real OTLP collector (gRPC and HTTP) printing what it receives",
-)];
+pub const PYPI_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "rotel",
+        "0.0.1a15",
+        "export tests: a real OTLP collector (gRPC and HTTP) printing what it receives",
+    ),
+    (
+        "kubernetes-validate",
+        "1.37.0",
+        "deploy test: the manifests against Kubernetes' OpenAPI schemas (offline)",
+    ),
+    (
+        "yamllint",
+        "1.38.0",
+        "deploy test: every YAML file under deploy/",
+    ),
+];
 
 /// The nightly that builds `agent-ebpf`; defined once, in `agent-ebpf/rust-toolchain-pin`.
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
@@ -93,28 +109,7 @@ pub fn ebpf_toolchain() -> anyhow::Result<String> {
 
 pub fn run() -> anyhow::Result<()> {
     let mut did = Vec::new();
-    let toolchain = ebpf_toolchain()?;
-
-    let has_rust_src = cmd::output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        &toolchain,
-    ]))
-    .is_ok_and(|out| out.lines().any(|l| l.starts_with("rust-src")));
-    if !has_rust_src {
-        cmd::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            &toolchain,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-        did.push(format!("installed toolchain {toolchain} with rust-src"));
-    }
+    let toolchain = build_toolchain(&mut did)?;
 
     // `xtask test` runs fmt and clippy on the host toolchain.
     let has_lints = cmd::succeeds(cmd::cargo_command().args(["fmt", "--version"]))
@@ -122,17 +117,6 @@ pub fn run() -> anyhow::Result<()> {
     if !has_lints {
         cmd::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
         did.push("installed rustfmt and clippy".to_owned());
-    }
-
-    let linker = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if !linker.contains(BPF_LINKER_VERSION) {
-        cmd::run(cmd::cargo_command().args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--force",
-        ]))?;
-        did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
     }
 
     let missing: Vec<&str> = DEBIAN_PACKAGES
@@ -178,6 +162,44 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What building cgscope needs (no more: the image's build stage runs only this):
+/// the pinned nightly with rust-src, and bpf-linker. Returns the nightly's name.
+pub fn build_toolchain(did: &mut Vec<String>) -> anyhow::Result<String> {
+    let toolchain = ebpf_toolchain()?;
+    let has_rust_src = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        &toolchain,
+    ]))
+    .is_ok_and(|out| out.lines().any(|l| l.starts_with("rust-src")));
+    if !has_rust_src {
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            &toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        did.push(format!("installed toolchain {toolchain} with rust-src"));
+    }
+
+    let linker = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        cmd::run(cmd::cargo_command().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+        did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    Ok(toolchain)
 }
 
 fn debian_installed(package: &str) -> bool {

@@ -4,10 +4,14 @@
 //!   `GET /api/v1/containers/{id}`: one, by container id, pod UID or cgroup id;
 //! - `GET /api/v1/host`: the host, the probes, the window;
 //! - `GET /api/v1/snapshot`: the whole `cgscope.snapshot/v1` window;
-//! - `GET /healthz` (the process serves), `GET /readyz` (probes attached and the
-//!   first window complete).
+//! - `GET /healthz` (windows keep coming: fails when none ended for three window
+//!   lengths), `GET /readyz` (probes attached and the first window complete).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{FromRef, Path, State},
@@ -31,6 +35,8 @@ pub struct Published {
     pub snapshot: Snapshot,
     /// The whole snapshot as JSON, serialised once.
     pub json: String,
+    /// When the window ended.
+    pub at: Instant,
 }
 
 /// The latest window; `None` until the first one ends.
@@ -40,6 +46,9 @@ pub type Latest = watch::Receiver<Option<Arc<Published>>>;
 pub struct ApiState {
     pub latest: Latest,
     pub exposition: Arc<Exposition>,
+    /// The window length, and when the agent started: for `/healthz`.
+    pub interval: Duration,
+    pub started: Instant,
 }
 
 impl FromRef<ApiState> for Latest {
@@ -71,8 +80,28 @@ fn not_ready() -> Response {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// How long the sampler may go without ending a window before `/healthz` fails:
+/// three windows (a slow scan under load is not a dead agent), at least 30 s.
+fn stall_limit(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(30))
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let last = state
+        .latest
+        .borrow()
+        .as_ref()
+        .map_or(state.started, |p| p.at);
+    let since = last.elapsed();
+    if since > stall_limit(state.interval) {
+        let message = format!(
+            "no window has ended for {}s (window {:?}): the sampler is stuck or gone",
+            since.as_secs(),
+            state.interval
+        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+    }
+    "ok\n".into_response()
 }
 
 #[derive(Serialize)]
@@ -234,4 +263,36 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::resource::AgentResource;
+    use tower::ServiceExt;
+
+    /// `/healthz` of an agent that started `ago` and has ended no window since.
+    async fn health(ago: Duration) -> StatusCode {
+        let (_latest, latest) = watch::channel(None);
+        let state = ApiState {
+            latest,
+            exposition: Arc::new(Exposition::new(AgentResource::from_env(|_| None))),
+            interval: Duration::from_secs(10),
+            started: Instant::now() - ago,
+        };
+        let request = axum::http::Request::get("/healthz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router(state).oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_no_window_ended_for_three_windows() {
+        assert_eq!(health(Duration::from_secs(5)).await, StatusCode::OK);
+        assert_eq!(health(Duration::from_secs(29)).await, StatusCode::OK);
+        assert_eq!(
+            health(Duration::from_secs(31)).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }
