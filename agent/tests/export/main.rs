@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dashboard;
 mod failures;
 mod peers;
 mod tls;
@@ -199,13 +200,7 @@ fn otlp_http_delta_matches_the_snapshot() {
 
 /// A PromQL instant query; the result vector.
 fn promql(port: u16, query: &str) -> Vec<Value> {
-    let mut encoded = String::new();
-    for b in query.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => encoded.push(b as char),
-            _ => encoded.push_str(&format!("%{b:02X}")),
-        }
-    }
+    let encoded = peers::url_encode(query);
     let Ok((200, body)) = http_get(
         &format!("127.0.0.1:{port}"),
         &format!("/api/v1/query?query={encoded}"),

@@ -259,7 +259,23 @@ impl Drop for Prometheus {
     }
 }
 
+/// `s` percent-encoded for a URL's query string.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn prometheus(target: &str, port: u16) -> Prometheus {
+    prometheus_labelled(target, port, "{}")
+}
+
+/// Prometheus scraping `target` every second, adding `labels` (a YAML map, e.g.
+/// `{k8s_node_name: n1}`) to every series, as service discovery relabelling would.
+pub fn prometheus_labelled(target: &str, port: u16, labels: &str) -> Prometheus {
     let dir =
         std::env::temp_dir().join(format!("cgscope-prometheus-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("prometheus dir");
@@ -267,7 +283,7 @@ pub fn prometheus(target: &str, port: u16) -> Prometheus {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cgscope\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cgscope\n    static_configs:\n      - targets: ['{target}']\n        labels: {labels}\n"
         ),
     )
     .expect("prometheus.yml");
