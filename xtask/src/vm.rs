@@ -179,14 +179,16 @@ fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The test binaries the VM runs: all but `cgscope` itself and the export tests, which
-/// need real peers (rotel, Prometheus: Python and Go programs) that the busybox
-/// userland lacks; they test userspace only and run on the host.
+/// The test binaries the VM runs: all but `cgscope` itself, the export tests, which
+/// need real peers (rotel, Prometheus: Python and Go programs), and the deploy tests,
+/// which need the validators (Python's kubernetes-validate and yamllint,
+/// systemd-analyze): the busybox userland lacks them; they test userspace and files
+/// only and run on the host.
 fn is_vm_test(binary: &Path) -> bool {
     binary
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n != "cgscope" && !n.starts_with("export-"))
+        .is_some_and(|n| n != "cgscope" && !n.starts_with("export-") && !n.starts_with("deploy-"))
 }
 
 fn init_script(tests: &[PathBuf]) -> String {
@@ -241,7 +243,7 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
         install(&root, lib)?;
     }
     // Real tools the tests drive, with their libraries, where busybox's applets
-    // fall short: fio (io tests), iproute2's ip (`ip netns`) and tc (netem). At the
+    // fall short: fio (io tests), setpriv, iproute2's ip (`ip netns`) and tc (netem). At the
     // paths busybox would link its applets to, so that these win.
     for (tool, at) in TOOLS {
         let tool = Path::new(tool);
@@ -256,7 +258,7 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
             install(&root, &lib)?;
         }
     }
-    for dir in ["agent/tests/fixtures", "docs"] {
+    for dir in ["agent/tests/fixtures", "docs", "deploy"] {
         copy_tree(&root, &cmd::workspace_root().join(dir))?;
     }
     let init = root.join("init");
@@ -285,8 +287,10 @@ fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
 const MODULES: [&str; 3] = ["null_blk", "veth", "sch_netem"];
 
 /// Host tools copied into the initramfs: (source, path in the VM).
-const TOOLS: [(&str, &str); 3] = [
+const TOOLS: [(&str, &str); 4] = [
     ("/usr/bin/fio", "/usr/bin/fio"),
+    // util-linux: the capabilities test starts cgscope with the DaemonSet's set.
+    ("/usr/bin/setpriv", "/usr/bin/setpriv"),
     ("/usr/bin/ip", "/sbin/ip"),
     ("/usr/sbin/tc", "/sbin/tc"),
 ];

@@ -550,3 +550,37 @@ impl Drop for LoopDevice {
         let _ = std::fs::remove_file(&self.file);
     }
 }
+
+/// The repository's `deploy/` directory (also copied into the VMs).
+pub fn deploy() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+pub fn yaml(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The DaemonSet's one container.
+pub fn agent_container(daemonset: &serde_json::Value) -> &serde_json::Value {
+    let containers = daemonset["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 1);
+    &containers[0]
+}
+
+/// The DaemonSet's `capabilities.add`, as Linux spells them, sorted.
+pub fn daemonset_capabilities() -> Vec<String> {
+    let daemonset = yaml(&deploy().join("kubernetes/daemonset.yaml"));
+    let security = &agent_container(&daemonset)["securityContext"];
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut names: Vec<String> = security["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().expect("a name")))
+        .collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,243 @@
+//! cgscope run with exactly the DaemonSet's capabilities (`setpriv`, as the
+//! container runtime would start it): every probe attaches, every thread holds only
+//! CAP_SYS_PTRACE once attached, the maps are still read and another user's network
+//! namespace still found; without a capability, `check` and the scan say what is
+//! missing. Runs on the host and in the VMs (setpriv is copied in).
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use common::{daemonset_capabilities, http_get, Peer, TestNetns, TestTree};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
+
+/// cgscope started as the DaemonSet's container starts it: uid 0 with only `caps`
+/// (the bounding set, hence permitted and effective after exec), no_new_privs
+/// (`allowPrivilegeEscalation: false`).
+fn as_daemonset(caps: &[String]) -> Command {
+    let add: String = caps
+        .iter()
+        .map(|c| format!(",+{}", c["CAP_".len()..].to_lowercase()))
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--inh-caps=-all",
+        &format!("--bounding-set=-all{add}"),
+        "--no-new-privs",
+        "--",
+        BIN,
+    ]);
+    cmd
+}
+
+const POD_REL: &str = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4c1d2e3f_5a6b_4c7d_8e9f_0a1b2c3d4e5f.slice";
+const CONTAINER_ID: &str = "5d1e0c7b9a8f6e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
+
+/// A pod whose one container process runs as `nobody` in the pod's own network
+/// namespace, waking every millisecond (run-queue events for the runq probe).
+/// Returns the pod's and the container's paths.
+fn pod_of_another_user(tree: &mut TestTree, netns: &TestNetns) -> (String, String) {
+    let pod = tree.mkdir(POD_REL);
+    let container_rel = format!("{POD_REL}/cri-containerd-{CONTAINER_ID}.scope");
+    let container = tree.mkdir(&container_rel);
+    let enter = netns.enter();
+    let become_nobody = move || {
+        enter();
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        let nogroup = nix::unistd::Gid::from_raw(65534);
+        if nix::unistd::setresgid(nogroup, nogroup, nogroup).is_err()
+            || nix::unistd::setresuid(nobody, nobody, nobody).is_err()
+        {
+            // SAFETY: _exit in a forked child.
+            unsafe { libc::_exit(1) };
+        }
+    };
+    tree.spawn(&container_rel, become_nobody, tick);
+    (pod, container)
+}
+
+fn tick() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn find<'a>(snapshot: &'a Value, path: &str) -> &'a Value {
+    snapshot["cgroups"]
+        .as_array()
+        .expect("cgroups")
+        .iter()
+        .find(|c| c["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the snapshot"))
+}
+
+/// `CapEff` and `CapPrm` of every thread of `pid`, by thread name.
+fn thread_capabilities(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(u64::MAX)
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        out.push((name.trim().to_owned(), field("CapEff:"), field("CapPrm:")));
+    }
+    out
+}
+
+#[test]
+fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept() {
+    require_root_and_cgroup_v2!();
+    if let Some(reason) = common::netns_skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let out = as_daemonset(&caps)
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("setpriv");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    for probe in report["probes"].as_array().expect("probes") {
+        assert_eq!(
+            (&probe["attached"], &probe["error"]),
+            (&Value::Bool(true), &Value::Null),
+            "{probe}"
+        );
+    }
+    for capability in report["capabilities"].as_array().expect("capabilities") {
+        assert_eq!(capability["held"], true, "{capability}");
+    }
+
+    let mut tree = TestTree::create("deploy");
+    let netns = TestNetns::create();
+    let (pod, container) = pod_of_another_user(&mut tree, &netns);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let log = std::env::temp_dir().join(format!("cgscope-deploy-{}.log", std::process::id()));
+    let agent = Peer(
+        as_daemonset(&caps)
+            .args(["run", "--interval", "1s", "--listen", &addr])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start cgscope under setpriv"),
+    );
+    let started = Instant::now();
+    while http_get(&addr, "/readyz").map(|r| r.0).unwrap_or(0) != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not ready in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // After attach: every thread holds CAP_SYS_PTRACE only, in both sets.
+    let kept: u64 = cgscope::privilege::NEEDS
+        .iter()
+        .filter(|n| n.kept)
+        .map(|n| n.capability.bitmask())
+        .sum();
+    let threads = thread_capabilities(agent.0.id());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (name, effective, permitted) in &threads {
+        assert_eq!(
+            (*effective, *permitted),
+            (kept, kept),
+            "thread {name}: {effective:x}/{permitted:x}"
+        );
+    }
+
+    // The maps are still read (runq) and the other user's netns is still found.
+    let (mut runq, mut netns_seen) = (0, None);
+    while started.elapsed() < Duration::from_secs(30) && (runq == 0 || netns_seen.is_none()) {
+        std::thread::sleep(Duration::from_millis(1100));
+        let (_, body) = http_get(&addr, "/api/v1/snapshot").expect("snapshot");
+        let snapshot: Value = serde_json::from_str(&body).expect("snapshot JSON");
+        runq = find(&snapshot, &container)["cpu"]["runq_latency"]["count"]
+            .as_u64()
+            .unwrap_or(0);
+        netns_seen = find(&snapshot, &pod)["network"]["netns"].as_u64();
+    }
+    eprintln!("container runq events in a window: {runq}; pod netns {netns_seen:?}");
+    assert!(
+        runq > 0,
+        "no run-queue events after the capabilities were dropped"
+    );
+    assert_eq!(netns_seen, Some(netns.inode()));
+    drop(agent);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        log_text.contains("dropped CAP_BPF CAP_PERFMON"),
+        "{log_text}"
+    );
+}
+
+#[test]
+fn a_missing_capability_is_named_with_what_it_breaks() {
+    require_root_and_cgroup_v2!();
+    if let Some(reason) = common::netns_skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let without =
+        |name: &str| -> Vec<String> { caps.iter().filter(|c| *c != name).cloned().collect() };
+
+    let out = as_daemonset(&without("CAP_PERFMON"))
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let perfmon = report["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .find(|c| c["name"] == "CAP_PERFMON")
+        .expect("CAP_PERFMON listed");
+    assert_eq!(perfmon["held"], false);
+    assert!(
+        perfmon["without"].as_str().unwrap().contains("runq"),
+        "{perfmon}"
+    );
+    for probe in report["probes"].as_array().expect("probes") {
+        assert!(probe["error"].is_string(), "{probe}");
+    }
+
+    // Without CAP_SYS_PTRACE another user's netns cannot be read: said, not hidden.
+    let mut tree = TestTree::create("deploy-noptrace");
+    let netns = TestNetns::create();
+    let (pod, _) = pod_of_another_user(&mut tree, &netns);
+    let out = as_daemonset(&without("CAP_SYS_PTRACE"))
+        .args([
+            "snapshot",
+            "--duration",
+            "1s",
+            "--format",
+            "json",
+            "--cgroup",
+            &tree.top.path,
+        ])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("needs CAP_SYS_PTRACE"), "{stderr}");
+    let snapshot: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
+    assert!(find(&snapshot, &pod)["network"]["netns"].is_null());
+}
