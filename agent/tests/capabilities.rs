@@ -25,7 +25,8 @@ fn as_daemonset(caps: &[String]) -> Command {
         .iter()
         .map(|c| format!(",+{}", c["CAP_".len()..].to_lowercase()))
         .collect();
-    let mut cmd = Command::new("setpriv");
+    // util-linux's, by path: the VMs' busybox has a smaller setpriv earlier in PATH.
+    let mut cmd = Command::new("/usr/bin/setpriv");
     cmd.args([
         "--inh-caps=-all",
         &format!("--bounding-set=-all{add}"),
@@ -110,7 +111,12 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
         .args(["check", "--format", "json"])
         .output()
         .expect("setpriv");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check JSON: {e}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     for probe in report["probes"].as_array().expect("probes") {
         assert_eq!(
             (&probe["attached"], &probe["error"]),
@@ -203,7 +209,12 @@ fn a_missing_capability_is_named_with_what_it_breaks() {
         .output()
         .expect("setpriv");
     assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check JSON: {e}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let perfmon = report["capabilities"]
         .as_array()
         .expect("capabilities")

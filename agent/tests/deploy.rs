@@ -190,3 +190,45 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify:\n{stderr}"
     );
 }
+
+#[test]
+fn collector_pipelines_use_only_defined_components_memory_limiter_first() {
+    for (file, exporters) in [
+        ("agent.yaml", &["otlp"][..]),
+        (
+            "gateway.yaml",
+            &["prometheusremotewrite", "clickhouse", "debug"][..],
+        ),
+    ] {
+        let config = yaml(&deploy().join("otel-collector").join(file));
+        let pipeline = &config["service"]["pipelines"]["metrics"];
+        let names = |kind: &str| -> Vec<String> {
+            pipeline[kind]
+                .as_array()
+                .unwrap_or_else(|| panic!("{file}: no {kind} in the metrics pipeline"))
+                .iter()
+                .map(|n| n.as_str().expect("a name").to_owned())
+                .collect()
+        };
+        for kind in ["receivers", "processors", "exporters"] {
+            let used = names(kind);
+            let defined: Vec<&String> = config[kind].as_object().expect(kind).keys().collect();
+            for name in &used {
+                assert!(
+                    defined.contains(&name),
+                    "{file}: {kind} {name} used, not defined"
+                );
+            }
+            for name in defined {
+                assert!(
+                    used.contains(name),
+                    "{file}: {kind} {name} defined, not used"
+                );
+            }
+        }
+        assert_eq!(names("receivers"), ["otlp"], "{file}");
+        // The collector's advice: the memory limiter first, batching last.
+        assert_eq!(names("processors"), ["memory_limiter", "batch"], "{file}");
+        assert_eq!(names("exporters"), exporters, "{file}");
+    }
+}

@@ -8,6 +8,7 @@ mod common;
 mod dashboard;
 mod failures;
 mod peers;
+mod pipeline;
 mod tls;
 
 use std::{

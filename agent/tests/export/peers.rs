@@ -11,7 +11,7 @@ use std::{
 use super::common::Peer;
 
 /// rotel-agent from the `rotel` wheel (`cargo xtask setup` installs it).
-fn rotel_agent() -> PathBuf {
+pub fn rotel_agent() -> PathBuf {
     let out = Command::new("python3")
         .args([
             "-c",
@@ -31,6 +31,8 @@ fn rotel_agent() -> PathBuf {
 /// A running rotel collector printing every metric it receives to a file.
 pub struct Rotel {
     _process: Peer,
+    /// Its OTLP/gRPC port.
+    pub grpc: u16,
     log: tempfile_path::TempPath,
 }
 
@@ -70,20 +72,26 @@ pub fn rotel(grpc: u16, http: u16) -> Rotel {
             .spawn()
             .expect("start rotel-agent"),
     );
+    wait_listening(&[grpc, http]);
+    Rotel {
+        _process: process,
+        grpc,
+        log,
+    }
+}
+
+/// Waits (at most 20 s) until something listens on each loopback port.
+pub fn wait_listening(ports: &[u16]) {
     let started = Instant::now();
-    while [grpc, http]
+    while ports
         .iter()
         .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
     {
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "rotel did not listen"
+            "nothing listens on {ports:?} after 20 s"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-    Rotel {
-        _process: process,
-        log,
     }
 }
 
