@@ -238,7 +238,14 @@ pub struct NetworkSample {
 
 /// Inode of the network namespace `pid` is in.
 pub fn netns_of(pid: u32) -> std::io::Result<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino())
+    let link = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    // A namespace is an nsfs file. Where the caller may not follow the link (another
+    // user's process without CAP_SYS_PTRACE) 6.18 refuses, but Debian's 6.12 resolves
+    // it to a directory: the same refusal, not a namespace.
+    if link.is_dir() {
+        return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+    }
+    Ok(link.ino())
 }
 
 /// Per-namespace counters of the previous window.
