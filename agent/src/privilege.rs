@@ -87,6 +87,19 @@ pub fn status() -> Vec<CapabilityStatus> {
         .collect()
 }
 
+/// Logs a warning for each capability of [`NEEDS`] this thread lacks, with what
+/// will not work: said at start-up, before the probes' own errors.
+pub fn warn_missing() {
+    for c in status().iter().filter(|c| !c.held) {
+        log::warn!(
+            "{} missing: {} (it is needed to {})",
+            c.name,
+            c.without,
+            c.purpose
+        );
+    }
+}
+
 /// Gives up every capability but the [`Need::kept`] ones: from the effective,
 /// permitted and inheritable sets, the ambient set, and (when CAP_SETPCAP allows)
 /// the bounding set, so that they cannot come back. Returns what was dropped, by

@@ -248,6 +248,11 @@ fn a_missing_capability_is_named_with_what_it_breaks() {
         .expect("setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // Said at start-up, and again where it bites.
+    assert!(
+        stderr.contains("CAP_SYS_PTRACE missing: no network counters"),
+        "{stderr}"
+    );
     assert!(stderr.contains("needs CAP_SYS_PTRACE"), "{stderr}");
     let snapshot: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
     assert!(find(&snapshot, &pod)["network"]["netns"].is_null());
