@@ -109,7 +109,6 @@ fn one_window(
     prefix: Option<&str>,
     started: impl FnOnce(),
 ) -> anyhow::Result<Snapshot> {
-    cgscope::privilege::warn_missing();
     let mut sampler = Sampler::start(sampling)?;
     for probe in sampler.probes().status().iter().filter(|p| !p.attached) {
         log::warn!(
@@ -194,7 +193,6 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
 
     // Attach first and give up what only attaching needs, before any other thread
     // exists: capabilities are per thread, later threads inherit the reduced sets.
-    cgscope::privilege::warn_missing();
     let sampler = Sampler::start(&SamplerConfig {
         drop_capabilities: true,
         ..config.sampling.sampler()

@@ -125,6 +125,8 @@ impl Sampler {
             cgroup_root: root.display().to_string(),
             window: HostSample::default(),
         };
+        // Said before the probes' own errors, which a missing capability explains.
+        crate::privilege::warn_missing();
         let probes = Probes::attach(&config.probes, Some(&root));
         if config.drop_capabilities {
             match crate::privilege::drop_after_attach() {

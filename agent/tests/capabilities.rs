@@ -37,6 +37,16 @@ fn as_daemonset(caps: &[String]) -> Command {
     cmd
 }
 
+/// `cgscope check --format json`'s report; what went wrong if it printed none.
+fn check_report(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check JSON: {e}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 const POD_REL: &str = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4c1d2e3f_5a6b_4c7d_8e9f_0a1b2c3d4e5f.slice";
 const CONTAINER_ID: &str = "5d1e0c7b9a8f6e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
 
@@ -102,21 +112,13 @@ fn thread_capabilities(pid: u32) -> Vec<(String, u64, u64)> {
 #[test]
 fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept() {
     require_root_and_cgroup_v2!();
-    if let Some(reason) = common::netns_skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
+    require_network_namespaces!();
     let caps = daemonset_capabilities();
     let out = as_daemonset(&caps)
         .args(["check", "--format", "json"])
         .output()
         .expect("setpriv");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check JSON: {e}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = check_report(&out);
     for probe in report["probes"].as_array().expect("probes") {
         assert_eq!(
             (&probe["attached"], &probe["error"]),
@@ -196,10 +198,7 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
 #[test]
 fn a_missing_capability_is_named_with_what_it_breaks() {
     require_root_and_cgroup_v2!();
-    if let Some(reason) = common::netns_skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
+    require_network_namespaces!();
     let caps = daemonset_capabilities();
     let without =
         |name: &str| -> Vec<String> { caps.iter().filter(|c| *c != name).cloned().collect() };
@@ -209,12 +208,7 @@ fn a_missing_capability_is_named_with_what_it_breaks() {
         .output()
         .expect("setpriv");
     assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check JSON: {e}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = check_report(&out);
     let perfmon = report["capabilities"]
         .as_array()
         .expect("capabilities")

@@ -32,10 +32,7 @@ fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
 #[test]
 fn kubepods_container_identity_stats_and_network() {
     require_root_and_cgroup_v2!();
-    if let Some(reason) = common::netns_skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
+    require_network_namespaces!();
     let mut tree = TestTree::create("k8s");
     let pod_rel = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8e1f3c2a_7b4d_4e5f_9a6b_1c2d3e4f5a6b.slice";
     let pod = tree.mkdir(pod_rel);

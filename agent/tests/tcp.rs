@@ -226,10 +226,7 @@ fn netem(ns: Option<&str>, verb: &str, dev: &str, netem: &str) -> bool {
 #[test]
 fn netem_delay_is_the_rtt_and_connect_latency_and_loss_retransmits() {
     require_root_and_cgroup_v2!();
-    if let Some(reason) = common::netns_skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
+    require_network_namespaces!();
     let netns = TestNetns::create();
     if !netem(None, "add", &netns.host_if, "delay 10ms") {
         eprintln!("skipped: no netem qdisc here (sch_netem; the VMs load it)");

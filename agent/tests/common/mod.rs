@@ -36,6 +36,18 @@ macro_rules! require_root_and_cgroup_v2 {
     };
 }
 
+/// Skips the calling test with a visible reason when it cannot create network
+/// namespaces here.
+#[macro_export]
+macro_rules! require_network_namespaces {
+    () => {
+        if let Some(reason) = common::netns_skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
 /// The cgroup v2 mount point of this host.
 pub fn v2_root() -> PathBuf {
     cgscope::sampler::resolve_root(None).expect("cgroup v2").1

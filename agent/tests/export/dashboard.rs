@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     agent, common,
     common::{command_in, free_port, http_get, LoopDevice, TestNetns, TestTree},
-    peers, require_root_and_cgroup_v2, serial, CONTAINER_ID, POD_UID,
+    peers, require_network_namespaces, require_root_and_cgroup_v2, serial, CONTAINER_ID, POD_UID,
 };
 
 const NODE: &str = "test-node";
@@ -34,14 +34,6 @@ fn expand(expr: &str) -> String {
         .replace("$namespace", ".*")
         .replace("$pod", ".*")
         .replace("$container", ".*")
-}
-
-/// GET on Prometheus' API: (HTTP status, `data`).
-fn api(port: u16, path: &str) -> (u16, Value) {
-    // Not listening yet (starting): status 0.
-    let (status, body) = http_get(&format!("127.0.0.1:{port}"), path).unwrap_or_default();
-    let v: Value = serde_json::from_str(&body).unwrap_or_default();
-    (status, v["data"].clone())
 }
 
 /// The metric names an expression reads: the identifiers right before a `{`.
@@ -87,10 +79,7 @@ fn tcp_chatter() -> ! {
 #[test]
 fn every_panel_and_variable_of_the_dashboard_returns_series() {
     require_root_and_cgroup_v2!();
-    if let Some(reason) = common::netns_skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
+    require_network_namespaces!();
     let _serial = serial();
     let mut tree = TestTree::create("dashboard");
     let pod = format!(
@@ -130,14 +119,7 @@ fn every_panel_and_variable_of_the_dashboard_returns_series() {
     let started = Instant::now();
     for metric in ready {
         let query = format!("sum(rate({metric}{{container_id=\"{CONTAINER_ID}\"}}[10s])) > 0");
-        while api(
-            prom.port,
-            &format!("/api/v1/query?query={}", peers::url_encode(&query)),
-        )
-        .1["result"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
+        while peers::instant_query(prom.port, &query).1.is_empty() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "no {metric} in 60 s"
@@ -179,12 +161,9 @@ fn every_panel_and_variable_of_the_dashboard_returns_series() {
         let title = panel["title"].as_str().unwrap_or("?");
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = expand(target["expr"].as_str().expect("expr"));
-            let (status, data) = api(
-                prom.port,
-                &format!("/api/v1/query?query={}", peers::url_encode(&expr)),
-            );
+            let (status, result) = peers::instant_query(prom.port, &expr);
             assert_eq!(status, 200, "panel {title:?}: Prometheus refused {expr}");
-            if !data["result"].as_array().is_none_or(Vec::is_empty) {
+            if !result.is_empty() {
                 answered += 1;
                 continue;
             }
@@ -235,7 +214,7 @@ fn every_panel_and_variable_of_the_dashboard_returns_series() {
             label.trim(),
             peers::url_encode(&expand(selector))
         );
-        let (status, values) = api(prom.port, &path);
+        let (status, values) = peers::prometheus_api(prom.port, &path);
         assert_eq!(status, 200, "variable {query}");
         if label.trim() == "k8s_node_name" {
             assert_eq!(values, serde_json::json!([NODE]), "variable {query}");

@@ -199,19 +199,6 @@ fn otlp_http_delta_matches_the_snapshot() {
     exports_the_container("http/protobuf", "delta");
 }
 
-/// A PromQL instant query; the result vector.
-fn promql(port: u16, query: &str) -> Vec<Value> {
-    let encoded = peers::url_encode(query);
-    let Ok((200, body)) = http_get(
-        &format!("127.0.0.1:{port}"),
-        &format!("/api/v1/query?query={encoded}"),
-    ) else {
-        return Vec::new();
-    };
-    let v: Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["result"].as_array().cloned().unwrap_or_default()
-}
-
 #[test]
 fn prometheus_scrapes_and_answers_promql() {
     require_root_and_cgroup_v2!();
@@ -296,7 +283,7 @@ fn prometheus_scrapes_and_answers_promql() {
     let started = Instant::now();
     for q in &queries {
         loop {
-            let result = promql(prom.port, q);
+            let result = peers::instant_query(prom.port, q).1;
             if !result.is_empty() {
                 break;
             }
@@ -311,12 +298,14 @@ fn prometheus_scrapes_and_answers_promql() {
     // scheduler slice (well above 10 µs, below a second). The rate's 5 s range must
     // lie after the first scrape.
     std::thread::sleep(Duration::from_secs(7));
-    let rate: f64 = promql(prom.port, &queries[0])
+    let rate: f64 = peers::instant_query(prom.port, &queries[0])
+        .1
         .iter()
         .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
         .sum();
     assert!((0.7..1.3).contains(&rate), "CPU rate {rate}");
-    let p50 = promql(prom.port, &queries[1])
+    let p50 = peers::instant_query(prom.port, &queries[1])
+        .1
         .first()
         .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
         .unwrap_or(0.0);

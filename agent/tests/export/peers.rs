@@ -267,6 +267,26 @@ impl Drop for Prometheus {
     }
 }
 
+/// GET on Prometheus' API at `port`: the HTTP status (0 while it does not listen yet)
+/// and the answer's `data`.
+pub fn prometheus_api(port: u16, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) =
+        crate::common::http_get(&format!("127.0.0.1:{port}"), path).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    (status, v["data"].clone())
+}
+
+/// A PromQL instant query: the HTTP status and the result vector (empty when
+/// Prometheus refused the query or does not listen yet).
+pub fn instant_query(port: u16, query: &str) -> (u16, Vec<serde_json::Value>) {
+    let (status, data) =
+        prometheus_api(port, &format!("/api/v1/query?query={}", url_encode(query)));
+    (
+        status,
+        data["result"].as_array().cloned().unwrap_or_default(),
+    )
+}
+
 /// `s` percent-encoded for a URL's query string.
 pub fn url_encode(s: &str) -> String {
     s.bytes()
