@@ -290,3 +290,85 @@ fn buffered_writes_flushed_by_writeback_count_for_the_writer() {
         "{written} bytes attributed to the writer"
     );
 }
+
+/// Ids of the loaded maps named `BLOCKIO_UNTIMED_QUEUES` (truncated by the kernel).
+fn untimed_queue_maps() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["map", "list", "--json"])
+        .output()
+        .expect("bpftool");
+    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    maps.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "BLOCKIO_UNTIMED")
+        .filter_map(|m| m["id"].as_u64())
+        .collect()
+}
+
+/// No queue here lacks issue timestamps (loop and null_blk queues have writeback
+/// throttling, which turns them on), so the entry the completion program adds for
+/// such a queue is written with bpftool: the agent must attach `block_rq_issue` at
+/// the end of that window, and not before.
+#[test]
+fn issue_fallback_attaches_once_a_queue_needs_it() {
+    require_root_and_cgroup_v2!();
+    if !common::have("bpftool") {
+        eprintln!("skipped: no bpftool");
+        return;
+    }
+    let before = untimed_queue_maps();
+    let mut sampler = sampler();
+    let notes = |sampler: &Sampler| {
+        sampler
+            .probes()
+            .blockio
+            .as_ref()
+            .expect("blockio")
+            .status()
+            .notes
+            .join("\n")
+    };
+    sampler.sample(None);
+    assert!(
+        !notes(&sampler).contains("block_rq_issue"),
+        "{}",
+        notes(&sampler)
+    );
+
+    // Maps of samplers that other tests start meanwhile get the entry too: the
+    // queue is not a real one, so their results are unchanged.
+    let queue = 0xffff_8888_dead_0000u64
+        .to_le_bytes()
+        .map(|b| b.to_string());
+    let dev = ((7u32 << 20) | 4095).to_le_bytes().map(|b| b.to_string());
+    for id in untimed_queue_maps()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+    {
+        let status = Command::new("bpftool")
+            .args(["map", "update", "id", &id.to_string(), "key"])
+            .args(&queue)
+            .arg("value")
+            .args(&dev)
+            .status()
+            .expect("bpftool map update");
+        assert!(status.success());
+    }
+    let waiting = notes(&sampler);
+    assert!(
+        waiting.contains("7:4095: block_rq_issue attaches"),
+        "{waiting}"
+    );
+    sampler.sample(None);
+    let attached = notes(&sampler);
+    assert!(
+        attached.contains("timed from block_rq_issue") && attached.contains("7:4095"),
+        "{attached}"
+    );
+    let links = Command::new("bpftool")
+        .args(["link", "list"])
+        .output()
+        .expect("bpftool link list");
+    assert!(String::from_utf8_lossy(&links.stdout).contains("tp 'block_rq_issue'"));
+}

@@ -14,7 +14,7 @@ use aya::{
 };
 use cgscope_common::blockio::{dev_parts, event, owner, BlockioConfig, IoKey, IoStats};
 
-use super::{attach_all, counters, take_map, ProbeConfig, ProbeError};
+use super::{attach_all, counters, take_map, tracepoint_program, ProbeConfig, ProbeError};
 use crate::{
     btf::{Btf, BtfError},
     histogram::LatencyTotals,
@@ -23,15 +23,16 @@ use crate::{
 
 pub const NAME: &str = "blockio";
 
-/// Programs attached in every mode, and those only [`owner::SUBMITTER`] needs.
-const PROGRAMS: [(&str, &str); 2] = [
-    ("blockio_complete", "block_rq_complete"),
-    ("blockio_issue", "block_rq_issue"),
-];
+/// The program attached in every mode, and those only [`owner::SUBMITTER`] needs.
+const COMPLETE: (&str, &str) = ("blockio_complete", "block_rq_complete");
 const SUBMITTER_PROGRAMS: [(&str, &str); 2] = [
     ("blockio_bio_queue", "block_bio_queue"),
     ("blockio_split", "block_split"),
 ];
+
+/// The fallback for queues without issue timestamps: loaded with the others,
+/// attached only once such a queue is seen ([`Blockio::attach_fallback`]).
+const ISSUE: (&str, &str) = ("blockio_issue", "block_rq_issue");
 
 /// Names of the `BLOCKIO_EVENTS` slots, in slot order.
 const EVENTS: [&str; event::SLOTS as usize] = [
@@ -94,12 +95,22 @@ pub struct IoTotals {
     pub device: LatencyTotals,
 }
 
+/// Where the issue-time fallback program is.
+enum Fallback {
+    /// Loaded; no queue has needed it yet.
+    Waiting,
+    Attached,
+    /// The kernel refused to attach it (the error).
+    Failed(String),
+}
+
 /// The attached probe and its maps.
 pub struct Blockio {
     stats: BpfHashMap<MapData, IoKey, IoStats>,
     untimed: BpfHashMap<MapData, u64, u32>,
     events: PerCpuArray<MapData, u64>,
     owner: u32,
+    fallback: Fallback,
 }
 
 impl Blockio {
@@ -112,17 +123,52 @@ impl Blockio {
         config: Result<(), &BtfError>,
     ) -> Result<Self, ProbeError> {
         config.map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
-        let mut programs = PROGRAMS.to_vec();
+        let mut programs = vec![COMPLETE];
         if owner == owner::SUBMITTER {
             programs.extend(SUBMITTER_PROGRAMS);
         }
-        attach_all(ebpf, btf, &programs)?;
+        // Verified now, so that a kernel that rejects the fallback fails the probe
+        // here, whole, rather than later.
+        let (name, hook) = ISSUE;
+        let issue = tracepoint_program(ebpf, name, hook)?;
+        issue
+            .load(hook, btf)
+            .map_err(|e| ProbeError::program(name, hook, e))?;
+        if let Err(e) = attach_all(ebpf, btf, &programs) {
+            let _ = tracepoint_program(ebpf, name, hook).map(|p| p.unload());
+            return Err(e);
+        }
         Ok(Self {
             stats: take_map(ebpf, "BLOCKIO_STATS")?,
             untimed: take_map(ebpf, "BLOCKIO_UNTIMED_QUEUES")?,
             events: take_map(ebpf, "BLOCKIO_EVENTS")?,
             owner,
+            fallback: Fallback::Waiting,
         })
+    }
+
+    /// Attaches the issue-time fallback once the completion program has met a queue
+    /// that keeps no issue timestamps. Until then (the common case: every queue with
+    /// writeback throttling or IO cost control keeps them) no program runs at issue,
+    /// which would cost a whole program run per IO; such a queue's device latency is
+    /// missing for the window in which it was first seen.
+    pub fn attach_fallback(&mut self, ebpf: &mut Ebpf) {
+        if !matches!(self.fallback, Fallback::Waiting) || self.untimed.keys().next().is_none() {
+            return;
+        }
+        let (name, hook) = ISSUE;
+        let attached = tracepoint_program(ebpf, name, hook)
+            .and_then(|p| p.attach().map_err(|e| ProbeError::program(name, hook, e)));
+        self.fallback = match attached {
+            Ok(_) => {
+                log::info!("blockio: a queue keeps no issue timestamps; {hook} attached");
+                Fallback::Attached
+            }
+            Err(e) => {
+                log::warn!("blockio: no device latency where queues keep no timestamps: {e}");
+                Fallback::Failed(e.to_string())
+            }
+        };
     }
 
     /// Reads the cumulative counters of every (cgroup, disk, operation) into `out`
@@ -169,12 +215,19 @@ impl Blockio {
             })
             .collect();
         if !untimed.is_empty() {
-            notes.push(format!(
-                "device latency timed from block_rq_issue (the queue keeps no issue \
-                 timestamp) on {}; {} requests so timed",
-                untimed.join(", "),
-                counts.get("device_time_fallback").copied().unwrap_or(0)
-            ));
+            let untimed = untimed.join(", ");
+            notes.push(match &self.fallback {
+                Fallback::Attached => format!(
+                    "device latency timed from block_rq_issue (the queue keeps no issue \
+                     timestamp) on {untimed}; {} requests so timed",
+                    counts.get("device_time_fallback").copied().unwrap_or(0)
+                ),
+                Fallback::Waiting => format!(
+                    "no issue timestamps on {untimed}: block_rq_issue attaches when this \
+                     window ends"
+                ),
+                Fallback::Failed(e) => format!("no device latency on {untimed}: {e}"),
+            });
         }
         let dropped: BTreeMap<_, _> = counts
             .into_iter()

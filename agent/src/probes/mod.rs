@@ -101,7 +101,7 @@ impl ProbeConfig {
 /// Every probe, attached or with the reason it is not.
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Option<Ebpf>,
+    ebpf: Option<Ebpf>,
     pub runq: Result<runq::Runq, ProbeError>,
     pub blockio: Result<blockio::Blockio, ProbeError>,
     pub oom: Result<oom::Oom, ProbeError>,
@@ -118,11 +118,7 @@ pub(crate) fn attach_all(
     let mut loaded: Vec<&'static str> = Vec::new();
     let result = (|| {
         for &(program, hook) in programs {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::MissingProgram(program))?
-                .try_into()
-                .map_err(|e| ProbeError::program(program, hook, e))?;
+            let prog = tracepoint_program(ebpf, program, hook)?;
             prog.load(hook, btf)
                 .map_err(|e| ProbeError::program(program, hook, e))?;
             loaded.push(program);
@@ -142,6 +138,18 @@ pub(crate) fn attach_all(
         }
     }
     result
+}
+
+/// The tp_btf program `program` of the object (`hook` only names it in errors).
+pub(crate) fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    hook: &'static str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|e| ProbeError::program(program, hook, e))
 }
 
 /// Takes a map out of the loaded object, typed.
@@ -254,7 +262,7 @@ impl Probes {
                     tcp::Tcp::attach(&mut ebpf, &btf, facts.tcp.as_ref().map(|_| ()))
                 });
                 Self {
-                    _ebpf: Some(ebpf),
+                    ebpf: Some(ebpf),
                     runq,
                     blockio,
                     oom,
@@ -262,12 +270,20 @@ impl Probes {
                 }
             }
             Err(e) => Self {
-                _ebpf: None,
+                ebpf: None,
                 blockio: Err(ProbeError::Load(e.to_string())),
                 oom: Err(ProbeError::Load(e.to_string())),
                 tcp: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
             },
+        }
+    }
+
+    /// Attaches the programs that wait for the kernel to show they are needed (see
+    /// [`blockio::Blockio::attach_fallback`]). Called at each window's end.
+    pub fn attach_on_demand(&mut self) {
+        if let (Some(ebpf), Ok(blockio)) = (&mut self.ebpf, &mut self.blockio) {
+            blockio.attach_fallback(ebpf);
         }
     }
 
