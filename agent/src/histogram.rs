@@ -208,6 +208,16 @@ pub struct LatencySummary {
     pub histogram: ExponentialHistogram,
 }
 
+impl LatencySummary {
+    /// The summary of an empty window, without scanning one: most cgroups record
+    /// nothing in most windows.
+    pub fn empty() -> Self {
+        static EMPTY: std::sync::LazyLock<LatencySummary> =
+            std::sync::LazyLock::new(|| LatencySummary::from(&LatencyWindow::EMPTY));
+        EMPTY.clone()
+    }
+}
+
 impl From<&LatencyWindow> for LatencySummary {
     fn from(window: &LatencyWindow) -> Self {
         let histogram = window.histogram();

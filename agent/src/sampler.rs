@@ -270,7 +270,13 @@ impl Sampler {
                 removed: true,
                 ..CgroupSample::bare(&prev.path, id, kind)
             };
-            probe_results(&self.probes, &mut self.devices, &mut sample, &last, seconds);
+            probe_results(
+                &self.probes,
+                &mut self.devices,
+                &mut sample,
+                Some(&last),
+                seconds,
+            );
             removed.push(sample);
         }
         self.kernel.forget(&mut self.probes, &dead);
@@ -286,15 +292,13 @@ impl Sampler {
             }
             windows[i] = Some(child);
         }
-        let empty = ProbeWindow::default();
         for (window, sample) in windows.iter().zip(&sample_of) {
             if let Some(&s) = sample.as_ref() {
-                let window = window.as_deref().unwrap_or(&empty);
                 probe_results(
                     &self.probes,
                     &mut self.devices,
                     &mut cgroups[s],
-                    window,
+                    window.as_deref(),
                     seconds,
                 );
             }
@@ -329,29 +333,32 @@ impl Sampler {
     }
 }
 
-/// Puts what the attached probes measured into a cgroup's sample.
+/// Puts what the attached probes measured into a cgroup's sample (`None`: they
+/// recorded nothing for it).
 fn probe_results(
     probes: &Probes,
     devices: &mut DeviceNames,
     sample: &mut CgroupSample,
-    window: &ProbeWindow,
+    window: Option<&ProbeWindow>,
     seconds: f64,
 ) {
     if probes.runq.is_ok() {
-        sample.cpu.runq_latency = Some(LatencySummary::from(&window.runq));
+        sample.cpu.runq_latency =
+            Some(window.map_or_else(LatencySummary::empty, |w| LatencySummary::from(&w.runq)));
     }
     if probes.blockio.is_ok() {
-        window::block_io(&mut sample.io, &window.io, seconds, devices);
+        let io = window.map_or(&[][..], |w| &w.io);
+        window::block_io(&mut sample.io, io, seconds, devices);
     }
     if probes.tcp.is_ok() {
         let network = sample.network.get_or_insert_with(NetworkSample::default);
-        window::tcp(network, &window.tcp);
+        window::tcp(network, window.map(|w| &w.tcp));
     }
     if probes.oom.is_ok() {
         // Also where the memory controller is not enabled (hybrid host): then the
         // memory object holds only this.
         let memory = sample.memory.get_or_insert_with(MemorySample::default);
-        memory.oom_kills = Some(window::oom_kills(&window.oom));
+        memory.oom_kills = Some(window::oom_kills(window.map_or(&[][..], |w| &w.oom)));
     }
 }
 

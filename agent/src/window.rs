@@ -169,13 +169,18 @@ pub fn block_io(
 }
 
 /// The tcp probe's window, into a cgroup's network sample.
-pub fn tcp(network: &mut NetworkSample, tcp: &TcpWindow) {
-    network.tcp_rtt = Some(LatencySummary::from(&tcp.rtt));
-    network.tcp_connect_latency = Some(LatencySummary::from(&tcp.connect));
-    network.tcp_connect_failures = Some(tcp.connect_failures);
-    network.tcp_retransmits = Some(tcp.retransmits);
-    network.tcp_resets_sent = Some(tcp.resets_sent);
-    network.tcp_resets_received = Some(tcp.resets_received);
+/// The tcp probe's window (`None`: nothing recorded) as the snapshot shows it.
+pub fn tcp(network: &mut NetworkSample, tcp: Option<&TcpWindow>) {
+    let summary = |f: fn(&TcpWindow) -> &LatencyWindow| {
+        Some(tcp.map_or_else(LatencySummary::empty, |t| LatencySummary::from(f(t))))
+    };
+    let count = |f: fn(&TcpWindow) -> u64| Some(tcp.map_or(0, f));
+    network.tcp_rtt = summary(|t| &t.rtt);
+    network.tcp_connect_latency = summary(|t| &t.connect);
+    network.tcp_connect_failures = count(|t| t.connect_failures);
+    network.tcp_retransmits = count(|t| t.retransmits);
+    network.tcp_resets_sent = count(|t| t.resets_sent);
+    network.tcp_resets_received = count(|t| t.resets_received);
 }
 
 /// The oom probe's kills of one window, as the snapshot shows them.
@@ -195,7 +200,7 @@ pub fn oom_kills(kills: &[OomKill]) -> OomKillsSample {
 }
 
 fn empty_latencies() -> PerOperation<LatencySummary> {
-    let empty = || LatencySummary::from(&LatencyWindow::EMPTY);
+    let empty = LatencySummary::empty;
     PerOperation {
         read: empty(),
         write: empty(),

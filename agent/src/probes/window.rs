@@ -108,7 +108,12 @@ impl TcpWindow {
     }
 
     fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.rtt.count() == 0
+            && self.connect.count() == 0
+            && self.connect_failures == 0
+            && self.retransmits == 0
+            && self.resets_sent == 0
+            && self.resets_received == 0
     }
 
     /// `now - before` of one (cgroup, netns).
@@ -202,6 +207,15 @@ impl ProbeReader {
 
     /// What cgroup `id` itself recorded in the window; `None` if nothing.
     pub fn window(&self, id: u64) -> Option<Box<ProbeWindow>> {
+        // Most cgroups have no entry in any map: no window to build (each is a few KB).
+        let now = &self.now;
+        if !(now.runq.contains_key(&id)
+            || now.io_keys.contains_key(&id)
+            || now.tcp_keys.contains_key(&id)
+            || now.oom.iter().any(|k| k.cgroup_id == id))
+        {
+            return None;
+        }
         let runq = self
             .now
             .runq
