@@ -5,7 +5,10 @@
 //! Per-event cost from the kernel's accounting (`kernel.bpf_stats_enabled`): the
 //! run time of every program a tool loaded, over the events of the workload. The
 //! workload's own numbers (fio IOPS; iperf3 throughput; request/response rate) with
-//! nothing, cgscope, or the reference attached give the slowdown.
+//! nothing, cgscope, or the reference attached give the slowdown. An empty bpftrace
+//! program on the probe's busiest hook gives the floor: what the kernel charges for
+//! running any program there (a perf-event tracepoint program; cgscope's tp_btf
+//! programs are dispatched a little more cheaply, so the floor is approximate).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -106,6 +109,20 @@ struct Results {
     merit: Vec<f64>,
     probe_ns: u64,
     events: u64,
+    /// Wall time of the workload runs.
+    seconds: f64,
+}
+
+/// The configuration that attaches an empty program to the probe's busiest hook:
+/// what running any program there costs (the kernel's dispatch and the accounting's
+/// own clock reads), the floor under every per-event figure.
+const FLOOR: &str = "empty program";
+
+/// `bpftrace -e '<tracepoint> { }'`: the [`FLOOR`] configuration's tool.
+fn empty_program(tracepoint: &str) -> Option<Command> {
+    let mut c = Command::new("bpftrace");
+    c.args(["-e", &format!("{tracepoint} {{ }}")]);
+    Some(c)
 }
 
 /// A configuration: its label, the tool to start (none for the baseline), and the
@@ -130,7 +147,9 @@ fn compare(
                 .programs
                 .retain(|id| names.get(id).is_some_and(|p| p.0.starts_with(prefix)));
             let before = programs()?;
+            let started = Instant::now();
             let run = workload();
+            let seconds = started.elapsed().as_secs_f64();
             let after = programs()?;
             stop(attached.child);
             let (merit, events) = run?;
@@ -139,6 +158,7 @@ fn compare(
             let r = results.entry(label).or_default();
             r.merit.push(merit);
             r.probe_ns += ns;
+            r.seconds += seconds;
             r.events += events;
         }
     }
@@ -176,21 +196,43 @@ fn report(
             .merit,
     );
     println!("\n{what}\n");
+    let spread = |r: &Results| {
+        let lo = r.merit.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.merit.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo / base, hi / base)
+    };
     println!(
-        "{:<18} {:>14} {:>10} {:>12} {:>10} {:>12}",
-        "attached", merit_unit, "vs none", "events", "ns/event", "vs reference"
+        "{:<18} {:>14} {:>10} {:>15} {:>12} {:>10} {:>12} {:>9} {:>8}",
+        "attached",
+        merit_unit,
+        "vs none",
+        "rounds min-max",
+        "events",
+        "ns/event",
+        "vs reference",
+        "vs floor",
+        "in probe"
     );
     let per_event = |r: &Results| r.probe_ns as f64 / r.events.max(1) as f64;
     let reference_ns = results.get(reference).map_or(f64::NAN, per_event);
+    let floor_ns = results.get(FLOOR).map_or(f64::NAN, per_event);
     let mut ours = (f64::NAN, f64::NAN);
     for (label, r) in results.iter_mut() {
         let m = median(&mut r.merit);
         let ns = per_event(r);
+        let (lo, hi) = spread(r);
+        // The probe's run time as a share of the workload's wall time: on a serial
+        // workload (QD1, one request in flight) the slowdown it causes, free of
+        // the round-to-round noise of the workload's own figure.
+        let share = r.probe_ns as f64 * 1e-9 / r.seconds.max(1e-9);
         println!(
-            "{label:<18} {m:>14.1} {:>10.4} {:>12} {ns:>10.1} {:>12.2}",
+            "{label:<18} {m:>14.1} {:>10.4} {:>15} {:>12} {ns:>10.1} {:>12.2} {:>9.2} {:>7.2}%",
             m / base,
+            format!("{lo:.2}-{hi:.2}"),
             r.events,
-            ns / reference_ns
+            ns / reference_ns,
+            ns / floor_ns,
+            share * 100.0
         );
         if label.starts_with("cgscope") {
             ours = (ns, m / base);
@@ -208,6 +250,14 @@ fn report(
         "target <= 1 % loss: {:.2} % {}",
         (1.0 - ours.1) * 100.0,
         verdict(loss_ok)
+    );
+    println!(
+        "floor: an empty program on the hook costs {floor_ns:.1} ns per event here{}",
+        if floor_ns > ns_target {
+            ", above the target: no program can meet it on this machine"
+        } else {
+            ""
+        }
     );
     if !(ns_ok && loss_ok) {
         bail!("benchmark targets missed");
@@ -256,10 +306,12 @@ pub fn io(rounds: usize) -> anyhow::Result<()> {
         c.args(["-d", &disk_name]);
         Some(c)
     };
-    let configurations: [Configuration; 3] = [
+    let floor = || empty_program("tracepoint:block:block_rq_complete");
+    let configurations: [Configuration; 4] = [
         ("nothing attached", &none, ""),
         ("cgscope blockio", &ours, "blockio_"),
         ("biolatency", &reference, ""),
+        (FLOOR, &floor, ""),
     ];
     let mut results = compare(&configurations, rounds, || {
         let out = cmd::output(
@@ -376,10 +428,12 @@ pub fn net(rounds: usize) -> anyhow::Result<()> {
         ]);
         Some(c)
     };
-    let configurations: [Configuration; 3] = [
+    let floor = || empty_program("tracepoint:tcp:tcp_probe");
+    let configurations: [Configuration; 4] = [
         ("nothing attached", &none, ""),
         ("cgscope tcp", &ours, "tcp_"),
         ("bpftrace", &reference, ""),
+        (FLOOR, &floor, ""),
     ];
     let mut results = compare(&configurations, rounds, iperf3)?;
     let throughput = report(
