@@ -168,8 +168,7 @@ pub fn block_io(
     }
 }
 
-/// The tcp probe's window, into a cgroup's network sample.
-/// The tcp probe's window (`None`: nothing recorded) as the snapshot shows it.
+/// The tcp probe's window (`None`: nothing recorded), into a cgroup's network sample.
 pub fn tcp(network: &mut NetworkSample, tcp: Option<&TcpWindow>) {
     let summary = |f: fn(&TcpWindow) -> &LatencyWindow| {
         Some(tcp.map_or_else(LatencySummary::empty, |t| LatencySummary::from(f(t))))
