@@ -12,6 +12,16 @@ pub const MAX_SOCKETS: u32 = 16_384;
 /// interval, taken when a segment arrives on it (see `agent-ebpf/src/tcp.rs`).
 pub const RTT_SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// Value of `TCP_RTT_SAMPLED`, per socket: when its RTT was last sampled, and the
+/// jiffy in which that was last checked (a segment in the same jiffy is not
+/// checked again: one clock read per socket and tick, not per segment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RttSampled {
+    pub sampled_ns: u64,
+    pub checked_jiffies: u64,
+}
+
 /// Counter slots of `TCP_EVENTS`.
 pub mod event {
     /// `TCP_STATS` is full: a new (cgroup, netns) was not recorded.
