@@ -162,6 +162,9 @@ impl Sampler {
     pub fn sample(&mut self, prefix: Option<&str>) -> Snapshot {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64();
+        // What the last window showed the kernel needs (a queue without issue
+        // timestamps) is attached now, for the next one.
+        self.probes.attach_on_demand();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
         self.kernel.read(&mut self.probes);
         if let Err(e) = cgroup::tree::walk(&self.root, &mut self.dirs) {

@@ -182,7 +182,6 @@ impl ProbeReader {
         if let Ok(runq) = &probes.runq {
             runq.read(&mut self.now.runq);
         }
-        probes.attach_on_demand();
         if let Ok(blockio) = &probes.blockio {
             blockio.read(&mut self.now.io);
             index_by_cgroup(self.now.io.keys(), |k| k.cgroup_id, &mut self.now.io_keys);
