@@ -7,14 +7,10 @@ use anyhow::{bail, Context};
 use crate::{cmd, vm};
 
 pub fn run(scenario: Option<&str>) -> anyhow::Result<()> {
-    let binaries = vm::build_test_binaries()?;
+    let binaries = vm::build_test_binaries(&["cgscope"])?;
     let playbook = binaries
         .iter()
-        .find(|b| {
-            b.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("playbook-"))
-        })
+        .find(|b| b.is_test && b.label == "playbook")
         .context("no playbook test binary was built")?;
     if scenario.is_some() && !nix::unistd::geteuid().is_root() {
         bail!("the lab creates cgroups and network namespaces: run it as root");
@@ -22,5 +18,5 @@ pub fn run(scenario: Option<&str>) -> anyhow::Result<()> {
     std::env::set_var("CGSCOPE_LAB", scenario.unwrap_or(""));
     // The test binary itself, not cargo: Ctrl-C reaches it, and it tears down.
     let args = ["lab", "--exact", "--ignored", "--nocapture", "--quiet"];
-    cmd::exec(playbook, &args.map(String::from))
+    cmd::exec(&playbook.path, &args.map(String::from))
 }

@@ -6,6 +6,7 @@ mod cmd;
 #[cfg(test)]
 mod containerfile;
 mod lab;
+mod report;
 mod setup;
 mod test;
 mod vm;

@@ -1,26 +1,69 @@
-//! `cargo xtask test`: everything CI checks, in order of cost.
+//! `cargo xtask test`: everything CI checks, in order of cost, and at the end what
+//! was tested where: one summary per environment (the host, each VM kernel) and
+//! `N passed, M failed, K skipped` (see [`report`]).
 
-use crate::{cmd, setup, vm};
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cmd,
+    report::{self, EnvReport},
+    setup, vm,
+};
 
 /// Host crates (agent-ebpf is built by agent/build.rs, never for the host).
-const HOST_PACKAGES: [&str; 6] = ["-p", "cgscope", "-p", "cgscope-common", "-p", "xtask"];
+const HOST_PACKAGES: [&str; 3] = ["cgscope", "cgscope-common", "xtask"];
 
 pub fn run(with_vm: bool) -> anyhow::Result<()> {
     setup::run()?;
     cmd::cargo(&["fmt", "--all", "--", "--check"])?;
     let mut clippy = vec!["clippy"];
-    clippy.extend(HOST_PACKAGES);
+    for p in HOST_PACKAGES {
+        clippy.extend(["-p", p]);
+    }
     clippy.extend(["--all-targets", "--", "-D", "warnings"]);
     cmd::cargo(&clippy)?;
-    // Unit and integration tests on this kernel. One test at a time: the
-    // integration tests pin CPU hogs and count loaded programs.
-    let mut test = vec!["test"];
-    test.extend(HOST_PACKAGES);
-    test.extend(["--", "--test-threads=1"]);
-    cmd::cargo(&test)?;
-    if with_vm {
-        vm::run(&vm::VmArgs::all())?;
+    let mut envs = vec![host()?];
+    // The VMs take half an hour: not after a failure here.
+    if with_vm && !envs[0].failed() {
+        envs.extend(vm::reports(&vm::VmArgs::all())?);
     }
-    eprintln!("xtask test: all passed");
-    Ok(())
+    report::conclude(&envs, with_vm)
+}
+
+/// Unit and integration tests on this kernel, each test binary as `cargo test` runs
+/// it (in its package's directory), all of them even after a failure. One test at a
+/// time: the integration tests pin CPU hogs and count loaded programs.
+fn host() -> anyhow::Result<EnvReport> {
+    let mut env = EnvReport::new("host");
+    for binary in vm::build_test_binaries(&HOST_PACKAGES)? {
+        if !binary.is_test {
+            continue;
+        }
+        eprintln!("+ {} ({})", binary.path.display(), binary.label);
+        let mut child = Command::new(&binary.path)
+            .args(["--test-threads=1", "--show-output"])
+            .current_dir(&binary.package_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.path.display()))?;
+        let mut output = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let line = line.context("reading test output")?;
+                let line = String::from_utf8_lossy(&line);
+                println!("{line}");
+                output.push_str(&line);
+                output.push('\n');
+            }
+        }
+        std::io::stdout().flush()?;
+        let status = child.wait()?;
+        env.add_binary(&binary.label, &output, status.code());
+    }
+    Ok(env)
 }

@@ -17,7 +17,11 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 
-use crate::{cmd, setup};
+use crate::{
+    cmd,
+    report::{self, EnvReport},
+    setup,
+};
 
 /// A test kernel: the Debian package pinned for repeatable runs, and the pattern
 /// for a newer build of the same series if the archive has dropped the pinned one.
@@ -40,7 +44,10 @@ const KERNELS: [Kernel; 2] = [
     },
 ];
 
-/// Printed by the VM's init around each test binary.
+/// Printed by the VM's init around each test binary: its stdout again, whole (the
+/// live copy may be interleaved with kernel messages), then its exit code.
+const OUTPUT_MARK: &str = "CGSCOPE-VM-OUTPUT";
+const OUTPUT_END_MARK: &str = "CGSCOPE-VM-OUTPUT-END";
 const RC_MARK: &str = "CGSCOPE-VM-RC";
 const DONE_MARK: &str = "CGSCOPE-VM-DONE";
 
@@ -71,12 +78,22 @@ impl VmArgs {
     }
 }
 
+/// `cargo xtask vm`: the summary of each kernel and of the run; fails if a test did.
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    report::conclude(&reports(args)?, false)
+}
+
+/// Boots each chosen kernel and runs the tests there: one report per kernel.
+pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
     setup::run()?;
     let cache = cmd::workspace_root().join(".cache/vm");
     fs::create_dir_all(&cache)?;
-    let binaries = build_test_binaries()?;
-    let initrd = build_initramfs(&binaries, &cache)?;
+    let binaries = build_test_binaries(&["cgscope"])?;
+    let tests: Vec<&TestBinary> = binaries
+        .iter()
+        .filter(|b| b.is_test && is_vm_test(&b.path))
+        .collect();
+    let initrd = build_initramfs(&binaries, &tests, &cache)?;
 
     let mut results = Vec::new();
     for kernel in KERNELS.iter().filter(|k| match args.kernel {
@@ -87,46 +104,40 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         let vmlinuz = fetch_kernel(kernel, &cache)?;
         let initrd = with_modules(&initrd, &cache.join(kernel.name))?;
         let log = cache.join(format!("{}.log", kernel.name));
-        let verdict =
-            boot(&vmlinuz, &initrd, &log, Duration::from_secs(args.timeout)).and_then(|()| {
-                let tests = binaries.iter().filter(|b| is_vm_test(b)).count();
-                verdict(&fs::read_to_string(&log)?, tests)
-            });
-        results.push((kernel.name, verdict, log));
-    }
-
-    eprintln!("\nkernel  result");
-    let mut failed = false;
-    for (name, verdict, log) in &results {
-        match verdict {
-            Ok(skips) => {
-                eprintln!("{name:<7} pass");
-                for skip in skips {
-                    eprintln!("        {skip}");
-                }
-            }
-            Err(e) => {
-                failed = true;
-                eprintln!("{name:<7} FAIL: {e:#} (log: {})", log.display());
-            }
+        let mut env = EnvReport::new(&format!("VM {}", kernel.name));
+        match boot(&vmlinuz, &initrd, &log, Duration::from_secs(args.timeout)) {
+            Ok(()) => read_log(&fs::read_to_string(&log)?, &tests, &mut env),
+            Err(e) => env.problems.push(format!("{e:#}")),
         }
+        if !env.problems.is_empty() {
+            env.problems.push(format!("serial log: {}", log.display()));
+        }
+        results.push(env);
     }
-    if failed {
-        bail!("VM tests failed");
-    }
-    Ok(())
+    Ok(results)
 }
 
-/// Builds the test binaries and the `cgscope` binary; returns their paths.
-pub fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
-    let out = cmd::output(cmd::cargo_command().args([
-        "test",
-        "-p",
-        "cgscope",
-        "--no-run",
-        "--message-format=json",
-    ]))?;
-    let mut binaries = BTreeSet::new();
+/// An executable `cargo test --no-run` built.
+pub struct TestBinary {
+    pub path: PathBuf,
+    /// A libtest harness (else a binary the tests run, such as `cgscope`).
+    pub is_test: bool,
+    /// Its name in reports, the same in every environment: the test target's name,
+    /// or `<crate>[lib]` / `<crate>[bin]` for unit tests.
+    pub label: String,
+    /// Its package's directory: cargo runs tests there.
+    pub package_dir: PathBuf,
+}
+
+/// Builds the test binaries of `packages` and the binaries they run.
+pub fn build_test_binaries(packages: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
+    let mut cargo = cmd::cargo_command();
+    cargo.args(["test", "--no-run", "--message-format=json"]);
+    for p in packages {
+        cargo.args(["-p", p]);
+    }
+    let out = cmd::output(&mut cargo)?;
+    let mut binaries: Vec<TestBinary> = Vec::new();
     for line in out.lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -134,14 +145,34 @@ pub fn build_test_binaries() -> anyhow::Result<Vec<PathBuf>> {
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        if let Some(exe) = msg["executable"].as_str() {
-            binaries.insert(PathBuf::from(exe));
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        if binaries.iter().any(|b| b.path == Path::new(exe)) {
+            continue;
         }
+        let target = &msg["target"];
+        let name = target["name"].as_str().unwrap_or("?");
+        let kind = target["kind"][0].as_str().unwrap_or("?");
+        let label = match kind {
+            "test" => name.to_owned(),
+            _ => format!("{name}[{kind}]"),
+        };
+        let package_dir = msg["manifest_path"]
+            .as_str()
+            .and_then(|m| Path::new(m).parent())
+            .map_or_else(cmd::workspace_root, Path::to_path_buf);
+        binaries.push(TestBinary {
+            path: PathBuf::from(exe),
+            is_test: msg["profile"]["test"] == true,
+            label,
+            package_dir,
+        });
     }
     if binaries.is_empty() {
         bail!("cargo test --no-run produced no executables");
     }
-    Ok(binaries.into_iter().collect())
+    Ok(binaries)
 }
 
 /// Shared libraries `binary` needs, from `ldd`.
@@ -191,12 +222,8 @@ fn is_vm_test(binary: &Path) -> bool {
         .is_some_and(|n| n != "cgscope" && !n.starts_with("export-") && !n.starts_with("deploy-"))
 }
 
-fn init_script(tests: &[PathBuf]) -> String {
-    let tests: Vec<String> = tests
-        .iter()
-        .filter(|t| is_vm_test(t))
-        .map(|t| t.display().to_string())
-        .collect();
+fn init_script(tests: &[&TestBinary]) -> String {
+    let tests: Vec<String> = tests.iter().map(|t| t.path.display().to_string()).collect();
     format!(
         r#"#!/bin/busybox sh
 # The initramfs root is writable: no tmpfs, which would hide binaries built under /tmp.
@@ -214,10 +241,15 @@ for m in $(cat /lib/modules/load-order 2>/dev/null); do
   case $m in null_blk) insmod /lib/modules/$m.ko nr_devices=1 irqmode=2 completion_nsec=5000000 ;; *) insmod /lib/modules/$m.ko ;; esac
 done
 echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+set -o pipefail
 for t in {tests}; do
   echo "== $t"
-  cd /tmp && $t --test-threads=1 --show-output
-  echo "{RC_MARK} $? $t"
+  cd /tmp && $t --test-threads=1 --show-output | tee /tmp/cgscope-test-output
+  rc=$?
+  echo "{OUTPUT_MARK} $t"
+  cat /tmp/cgscope-test-output
+  echo "{OUTPUT_END_MARK}"
+  echo "{RC_MARK} $rc $t"
 done
 echo {DONE_MARK}
 poweroff -f
@@ -226,7 +258,11 @@ poweroff -f
     )
 }
 
-fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf> {
+fn build_initramfs(
+    binaries: &[TestBinary],
+    tests: &[&TestBinary],
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
     let root = cache.join("initramfs");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -235,9 +271,9 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
     fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
     let mut libraries = BTreeSet::new();
     for binary in binaries {
-        let dst = install(&root, binary)?;
+        let dst = install(&root, &binary.path)?;
         cmd::run(Command::new("strip").arg("--strip-debug").arg(&dst))?;
-        libraries.extend(shared_libraries(binary)?);
+        libraries.extend(shared_libraries(&binary.path)?);
     }
     for lib in &libraries {
         install(&root, lib)?;
@@ -262,7 +298,7 @@ fn build_initramfs(binaries: &[PathBuf], cache: &Path) -> anyhow::Result<PathBuf
         copy_tree(&root, &cmd::workspace_root().join(dir))?;
     }
     let init = root.join("init");
-    fs::write(&init, init_script(binaries))?;
+    fs::write(&init, init_script(tests))?;
     cmd::run(Command::new("chmod").arg("755").arg(&init))?;
 
     let initrd = cache.join("initrd.cpio.gz");
@@ -480,32 +516,37 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
     }
 }
 
-/// Pass if all `tests` test binaries ran and exited 0; returns their "skipped:" lines.
-fn verdict(log: &str, tests: usize) -> anyhow::Result<Vec<String>> {
+/// Adds to `env` the outcome of every test in the serial `log` of a VM that ran
+/// `tests`; a guest crash, a binary that did not run or did not finish is a problem.
+fn read_log(log: &str, tests: &[&TestBinary], env: &mut EnvReport) {
+    // The serial console ends lines with CRLF.
+    let log = &log.replace("\r\n", "\n");
     if let Some(oops) = log
         .lines()
         .find(|l| l.contains("Oops:") || l.contains("Kernel panic"))
     {
-        bail!("the guest kernel crashed: {}", oops.trim());
+        env.problems
+            .push(format!("the guest kernel crashed: {}", oops.trim()));
     }
     if !log.contains(DONE_MARK) {
-        bail!("the VM did not finish its tests");
+        env.problems.push("the VM did not finish its tests".into());
     }
-    let rcs: Vec<&str> = log.lines().filter(|l| l.starts_with(RC_MARK)).collect();
-    let failed: Vec<&str> = rcs
-        .iter()
-        .filter(|l| !l.starts_with(&format!("{RC_MARK} 0 ")))
-        .copied()
-        .collect();
-    if !failed.is_empty() {
-        bail!("{}", failed.join("; "));
+    for test in tests {
+        let path = test.path.display().to_string();
+        let begin = format!("{OUTPUT_MARK} {path}\n");
+        let rc_line = log
+            .lines()
+            .filter_map(|l| l.strip_prefix(RC_MARK))
+            .find(|l| l.split_whitespace().nth(1) == Some(path.as_str()));
+        let (Some(start), Some(rc)) = (log.find(&begin), rc_line) else {
+            env.problems.push(format!("{}: did not run", test.label));
+            continue;
+        };
+        let output = &log[start + begin.len()..];
+        let output = output
+            .find(&format!("\n{OUTPUT_END_MARK}"))
+            .map_or(output, |end| &output[..end]);
+        let code = rc.split_whitespace().next().and_then(|c| c.parse().ok());
+        env.add_binary(&test.label, output, code);
     }
-    if rcs.len() != tests {
-        bail!("{} of {tests} test binaries ran", rcs.len());
-    }
-    Ok(log
-        .lines()
-        .filter(|l| l.contains("skipped:"))
-        .map(str::to_owned)
-        .collect())
 }
