@@ -66,8 +66,11 @@ fn container(i: usize, round: u64) -> CgroupSample {
     };
     CgroupSample {
         path: format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{i:08x}.slice/cri-containerd-{id}.scope"),
+        raw_path_hex: None,
         id: 10_000 + i as u64,
         kind: CgroupKind::Container,
+        unreadable: None,
+        stats_window_seconds: None,
         container: Some(ContainerSample {
             kind: CgroupKind::Container,
             id: Some(id),
@@ -165,6 +168,7 @@ fn snapshot(round: u64) -> Snapshot {
         schema: SCHEMA,
         timestamp_seconds: 1.8e9 + round as f64 * 10.0,
         window_seconds: 10.0,
+        scan_errors: Default::default(),
         host: Host {
             kernel: "6.12.0".into(),
             cgroup_mode: cgscope::cgroup::mount::CgroupMode::Unified,

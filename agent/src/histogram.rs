@@ -41,10 +41,27 @@ impl LatencyTotals {
         t
     }
 
-    /// What was recorded after `prev` was read (all of it if there is no `prev`).
+    /// Whether the counters went back since `prev` was read: the kernel's entry was
+    /// deleted and created again, so `prev` is no baseline. The sum (`u64`
+    /// nanoseconds, which takes 584 years to wrap) going back says so, as does a
+    /// bucket that would have wrapped by half its range or more (2^31 events in one
+    /// bucket between two reads).
+    pub fn went_back(&self, prev: &Self) -> bool {
+        const HALF: u32 = 1 << 31;
+        self.sum_ns < prev.sum_ns
+            || self.zero_count.wrapping_sub(prev.zero_count) >= HALF
+            || self
+                .buckets
+                .iter()
+                .zip(&prev.buckets)
+                .any(|(now, before)| now.wrapping_sub(*before) >= HALF)
+    }
+
+    /// What was recorded after `prev` was read: all of it if there is no `prev` or
+    /// the entry was created again since ([`Self::went_back`]).
     pub fn since(&self, prev: Option<&Self>) -> LatencyWindow {
         let zero = Self::default();
-        let prev = prev.unwrap_or(&zero);
+        let prev = prev.filter(|p| !self.went_back(p)).unwrap_or(&zero);
         let mut buckets = [0u64; BUCKETS];
         for ((out, now), before) in buckets.iter_mut().zip(&self.buckets).zip(&prev.buckets) {
             *out = u64::from(now.wrapping_sub(*before));
@@ -81,15 +98,17 @@ impl LatencyWindow {
     };
 
     pub fn add(&mut self, other: &Self) {
-        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
-        self.zero_count += other.zero_count;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.zero_count = self.zero_count.saturating_add(other.zero_count);
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.zero_count + self.buckets.iter().sum::<u64>()
+        self.buckets
+            .iter()
+            .fold(self.zero_count, |n, b| n.saturating_add(*b))
     }
 
     pub fn histogram(&self) -> ExponentialHistogram {

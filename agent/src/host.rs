@@ -200,7 +200,8 @@ struct Readings {
     cpu: Option<CpuTicks>,
     cpus: Vec<(usize, CpuTicks)>,
     pressure: [Option<Pressure>; 4],
-    disks: Vec<Disk>,
+    /// `None` if `/proc/diskstats` could not be read.
+    disks: Option<Vec<Disk>>,
 }
 
 /// Reads the host files each window and keeps the previous reading.
@@ -240,14 +241,11 @@ impl HostReader {
                 .read("/proc/pressure", name)
                 .and_then(|t| t.parse().ok());
         }
-        let disks = self
-            .read("/proc", "diskstats")
-            .and_then(|t| {
-                parse_diskstats(t, sys_block_has)
-                    .map_err(|e| log::warn!("/proc/diskstats: {e}"))
-                    .ok()
-            })
-            .unwrap_or_default();
+        let disks = self.read("/proc", "diskstats").and_then(|t| {
+            parse_diskstats(t, sys_block_has)
+                .map_err(|e| log::warn!("/proc/diskstats: {e}"))
+                .ok()
+        });
         let now = Readings {
             cpu,
             cpus,
@@ -260,7 +258,8 @@ impl HostReader {
             let b = self.previous.cpu.unwrap_or_default();
             let s = |now: u64, then: u64| now.saturating_sub(then) as f64 / ticks;
             HostCpu {
-                cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+                // The host's online CPUs, not this process's allowance.
+                cpus: now.cpus.len(),
                 user_seconds: s(n.user, b.user),
                 nice_seconds: s(n.nice, b.nice),
                 system_seconds: s(n.system, b.system),
@@ -294,11 +293,13 @@ impl HostReader {
         let disks = now
             .disks
             .iter()
+            .flatten()
             .map(|d| {
                 let b = self
                     .previous
                     .disks
                     .iter()
+                    .flatten()
                     .find(|p| p.name == d.name)
                     .cloned()
                     .unwrap_or_default();
@@ -312,7 +313,19 @@ impl HostReader {
                 }
             })
             .collect();
-        self.previous = now;
+        // A file that could not be read keeps its last reading as the next baseline:
+        // the next window's deltas then cover both windows, never all since boot.
+        let previous = std::mem::take(&mut self.previous);
+        let kept = std::array::from_fn(|i| {
+            let [now, before] = [&now.pressure[i], &previous.pressure[i]];
+            now.clone().or_else(|| before.clone())
+        });
+        self.previous = Readings {
+            cpu: now.cpu.or(previous.cpu),
+            cpus: if now.cpu.is_some() { now.cpus } else { previous.cpus },
+            pressure: kept,
+            disks: now.disks.or(previous.disks),
+        };
         HostSample {
             cpu,
             pressure,

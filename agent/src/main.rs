@@ -246,6 +246,7 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
             transport,
             stop_rx,
             Duration::from_secs(5),
+        scan_errors: Default::default(),
         ))
     });
     if delivery.is_none() {

@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub window_seconds: f64,
     pub host: Host,
     pub probes: Vec<ProbeStatus>,
+    /// Reads that failed in this window, by reason (the errno's name, e.g. `EMFILE`,
+    /// or `malformed`): each cgroup that could not be read whole is in `cgroups`
+    /// with `unreadable` set, and each failed directory listing counts once.
+    pub scan_errors: BTreeMap<&'static str, u64>,
     pub cgroups: Vec<CgroupSample>,
 }
 
@@ -67,8 +71,11 @@ pub struct ProbeStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CgroupSample {
-    /// Path relative to the v2 root; `/` is the root.
+    /// Path relative to the v2 root; `/` is the root. A name that is not UTF-8 has
+    /// each of its other bytes written `\xNN` (then `raw_path_hex` is set).
     pub path: String,
+    /// The path's exact bytes in hex, where they are not UTF-8; otherwise `null`.
+    pub raw_path_hex: Option<String>,
     /// cgroup id: inode number of the cgroup directory.
     pub id: u64,
     /// root, pod, container, service, slice or other (from the path layout).
@@ -77,6 +84,14 @@ pub struct CgroupSample {
     pub container: Option<ContainerSample>,
     /// The cgroup was removed during the window; what it recorded before is kept.
     pub removed: bool,
+    /// The cgroup exists but its files could not be read at the end of this window
+    /// (why, below): its cgroup-file numbers are `null` in this window, and the next
+    /// reading covers this window too (`stats_window_seconds`).
+    pub unreadable: Option<Unreadable>,
+    /// The time the cgroup-file counters (CPU, memory events, IO, PSI) of this
+    /// sample cover, where it is longer than the window (the reads at the end of
+    /// the windows before failed); `null` when it is the window. Rates use it.
+    pub stats_window_seconds: Option<f64>,
     pub cpu: CpuSample,
     /// `null` without the memory controller.
     pub memory: Option<MemorySample>,
@@ -91,6 +106,15 @@ pub struct CgroupSample {
     /// The network namespace this cgroup owns (a pod, or a container outside any
     /// pod), `null` for cgroups in the host's namespace or sharing their pod's.
     pub network: Option<NetworkSample>,
+}
+
+/// Why a cgroup could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// As `scan_errors` counts it: the errno's name (`EMFILE`), or `malformed`.
+    pub reason: &'static str,
+    /// The failure, naming the file.
+    pub error: String,
 }
 
 /// A pod or container. Names come from the container runtime's API and are `null`
@@ -271,16 +295,93 @@ impl ContainerSample {
     }
 }
 
+/// What no true window can exceed, to refuse a value that a broken baseline made.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The host's CPUs (`/proc/stat`), not the agent's allowance.
+    pub cpus: usize,
+    pub window_seconds: f64,
+    /// Time since the host booted: no single wait is longer.
+    pub uptime_seconds: f64,
+}
+
+impl Bounds {
+    /// The bounds of a window of `window_seconds` on this host now; `None` where
+    /// the host's CPU count is not known.
+    pub fn now(cpus: Option<usize>, window_seconds: f64) -> Option<Self> {
+        let mut uptime = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `uptime` is a valid timespec for the call to fill.
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut uptime) } != 0 {
+            return None;
+        }
+        Some(Self {
+            cpus: cpus.filter(|&n| n > 0)?,
+            window_seconds,
+            uptime_seconds: uptime.tv_sec as f64 + uptime.tv_nsec as f64 * 1e-9,
+        })
+    }
+}
+
 impl CgroupSample {
+    /// Which of this sample's values is impossible in its window, if one is: more
+    /// CPU time than every CPU of the host could give in it (with a second and a
+    /// quarter of slack for the time between the reads of two windows), a latency
+    /// histogram with waits longer on average than the host has been up, or with
+    /// more events than 20 million per CPU and second.
+    pub fn impossible(&self, bounds: &Bounds) -> Option<&'static str> {
+        let span = self.stats_seconds(bounds.window_seconds);
+        let cpus = bounds.cpus as f64;
+        let cpu_time = cpus * (span * 1.25 + 1.0);
+        let cpu = &self.cpu;
+        let times = [cpu.usage_seconds, cpu.user_seconds, cpu.system_seconds];
+        if times.iter().flatten().any(|t| !(0.0..=cpu_time).contains(t)) {
+            return Some("cpu_time");
+        }
+        let events = cpus * (bounds.window_seconds + 1.0) * 2e7;
+        let bad = |l: &LatencySummary| {
+            l.count as f64 > events
+                || !(0.0..=l.count as f64 * bounds.uptime_seconds).contains(&l.sum_seconds)
+        };
+        if cpu.runq_latency.as_ref().is_some_and(bad) {
+            return Some("runq_latency");
+        }
+        let io = self.io.iter().flat_map(|io| &io.devices);
+        let per_op = |p: &Option<PerOperation<LatencySummary>>| {
+            p.as_ref()
+                .is_some_and(|p| [&p.read, &p.write, &p.discard, &p.flush].into_iter().any(bad))
+        };
+        if io.into_iter().any(|d| per_op(&d.latency) || per_op(&d.device_latency)) {
+            return Some("io_latency");
+        }
+        let net = self.network.as_ref();
+        let tcp = net.iter().flat_map(|n| [&n.tcp_rtt, &n.tcp_connect_latency]);
+        if tcp.flatten().any(bad) {
+            return Some("tcp_latency");
+        }
+        None
+    }
+
+    /// The time this sample's cgroup-file counters cover, in a window of
+    /// `window_seconds`: what rates and shares of them divide by.
+    pub fn stats_seconds(&self, window_seconds: f64) -> f64 {
+        self.stats_window_seconds.unwrap_or(window_seconds)
+    }
+
     /// A cgroup with no file read: what a removed cgroup's sample starts from (its
     /// probe windows are added to it), and tests' samples of a given place.
     pub fn bare(path: &str, id: u64, kind: CgroupKind) -> Self {
         Self {
             path: path.to_owned(),
+            raw_path_hex: None,
             id,
             kind,
             container: None,
             removed: false,
+            unreadable: None,
+            stats_window_seconds: None,
             cpu: CpuSample::default(),
             memory: None,
             io: None,

@@ -3,8 +3,9 @@
 //! Data flows one way: kernel maps and cgroupfs → sampler → snapshot → consumers.
 
 use std::{
-    collections::HashMap,
-    path::PathBuf,
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -14,7 +15,7 @@ use crate::{
         identity::{self, CgroupKind, Identity},
         io::DeviceNames,
         mount::CgroupMounts,
-        stats::{CgroupStats, StatsReader},
+        stats::{CgroupStats, StatsRead, StatsReader},
         tree::CgroupDir,
     },
     histogram::LatencySummary,
@@ -25,7 +26,9 @@ use crate::{
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
-    sample::{CgroupSample, ContainerSample, Host, MemorySample, Snapshot, SCHEMA},
+    sample::{
+        Bounds, CgroupSample, ContainerSample, Host, MemorySample, Snapshot, Unreadable, SCHEMA,
+    },
     window,
 };
 
@@ -70,11 +73,20 @@ impl Default for SamplerConfig {
     }
 }
 
-/// Cumulative counters of one cgroup at the previous read.
+/// What the sampler keeps of one cgroup between windows.
 struct Previous {
     path: String,
+    /// Its directory, for the second look that tells a removed cgroup from one
+    /// that could not be listed.
+    dir: PathBuf,
     identity: Identity,
-    stats: CgroupStats,
+    /// The last reading of its files, the baseline of the next window's counters;
+    /// `None` if none has succeeded since it was found (its counters then count
+    /// from its creation).
+    stats: Option<CgroupStats>,
+    /// When `stats` was read; without `stats`, the start of the window in which the
+    /// cgroup was found (it was created after that).
+    since: Instant,
 }
 
 pub struct Sampler {
@@ -167,9 +179,25 @@ impl Sampler {
         self.probes.attach_on_demand();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
         self.kernel.read(&mut self.probes);
-        if let Err(e) = cgroup::tree::walk(&self.root, &mut self.dirs) {
-            log::warn!("cannot walk {}: {e}", self.root.display());
-        }
+        let mut scan = ScanErrors::default();
+        let unlisted = match cgroup::tree::walk(&self.root, &mut self.dirs) {
+            Ok(errors) => {
+                if let Some((dir, e)) = &errors.first {
+                    let reason = cgroup::io_reason(e);
+                    scan.count(reason, errors.count as u64);
+                    scan.note(format!("cannot list {}: {e}", dir.display()));
+                }
+                errors.first.map(|(_, e)| cgroup::io_reason(&e))
+            }
+            Err(e) => {
+                // The root itself: nothing was listed, nothing is known to be gone.
+                let reason = cgroup::io_reason(&e);
+                scan.count(reason, 1);
+                scan.note(format!("cannot walk {}: {e}", self.root.display()));
+                self.dirs.clear();
+                Some(reason)
+            }
+        };
 
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
         // Samples are built in place (each is about 1 KB: moving them costs); per
@@ -179,58 +207,81 @@ impl Sampler {
         // Only cgroups (and their ancestors) in which a probe recorded something get a
         // window.
         let mut windows: Vec<Option<Box<ProbeWindow>>> = Vec::with_capacity(self.dirs.len());
-        let mut errors = Vec::new();
         for dir in &self.dirs {
-            let mut reader = StatsReader::new(dir.dir(), &mut self.text);
-            let stats = reader.read();
-            errors.append(&mut reader.errors);
-            let prev = self.previous.get(&dir.id);
+            let read = StatsReader::new(dir.dir(), &mut self.text).read();
             windows.push(self.kernel.window(dir.id));
-            let Some(stats) = stats else {
-                sample_of.push(None); // removed during the scan
-                continue;
-            };
-            let identity = match prev {
+            let prev = self.previous.remove(&dir.id);
+            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
+            let identity = match &prev {
                 Some(p) if p.path == dir.path() => p.identity.clone(),
                 _ => identity::classify(dir.path()),
             };
-            let before = prev.map(|p| &p.stats);
-            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
-            sample_of.push(wanted.then_some(cgroups.len()));
-            if wanted {
-                cgroups.push(CgroupSample {
-                    path: dir.path().to_owned(),
-                    id: dir.id,
-                    kind: identity.kind.unwrap_or(CgroupKind::Other),
-                    container: container_sample(&identity),
-                    removed: false,
-                    cpu: window::cpu(&stats, before),
-                    memory: stats
+            let mut sample = CgroupSample {
+                raw_path_hex: dir.raw_path_hex(),
+                container: container_sample(&identity),
+                ..CgroupSample::bare(
+                    dir.path(),
+                    dir.id,
+                    identity.kind.unwrap_or(CgroupKind::Other),
+                )
+            };
+            let (stats, since) = match read {
+                StatsRead::Gone => {
+                    // Removed during the scan: its last window is reported below.
+                    if let Some(prev) = prev {
+                        self.previous.insert(dir.id, prev);
+                    }
+                    sample_of.push(None);
+                    continue;
+                }
+                StatsRead::Unreadable(e) => {
+                    // Not a removal: the baseline and the kernel entries stay.
+                    let reason = e.reason();
+                    scan.count(reason, 1);
+                    scan.note(e.to_string());
+                    sample.unreadable = Some(Unreadable {
+                        reason,
+                        error: e.to_string(),
+                    });
+                    let (stats, since) = prev
+                        .map_or((None, self.previous_at), |p| (p.stats, p.since));
+                    (stats, since)
+                }
+                StatsRead::Stats(stats) => {
+                    let (before, since) = match &prev {
+                        Some(p) => (p.stats.as_ref(), p.since),
+                        None => (None, self.previous_at),
+                    };
+                    let span = now.duration_since(since).as_secs_f64();
+                    if since != self.previous_at {
+                        sample.stats_window_seconds = Some(span);
+                    }
+                    sample.cpu = window::cpu(&stats, before);
+                    sample.memory = stats
                         .memory
                         .as_ref()
-                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref()))),
-                    io: window::io(&stats, before, seconds, &mut self.devices),
-                    pids: window::pids(&stats, before),
-                    pressure: window::pressure(&stats, before),
-                    descendants: stats.cgroup.and_then(|c| c.nr_descendants),
-                    dying_descendants: stats.cgroup.and_then(|c| c.nr_dying_descendants),
-                    network: None,
-                });
+                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref())));
+                    sample.io = window::io(&stats, before, span, &mut self.devices);
+                    sample.pids = window::pids(&stats, before);
+                    sample.pressure = window::pressure(&stats, before);
+                    sample.descendants = stats.cgroup.and_then(|c| c.nr_descendants);
+                    sample.dying_descendants = stats.cgroup.and_then(|c| c.nr_dying_descendants);
+                    (Some(stats), now)
+                }
+            };
+            sample_of.push(wanted.then_some(cgroups.len()));
+            if wanted {
+                cgroups.push(sample);
             }
             next.insert(
                 dir.id,
                 Previous {
                     path: dir.path().to_owned(),
+                    dir: dir.dir().to_owned(),
                     identity,
                     stats,
+                    since,
                 },
-            );
-        }
-        if let Some(first) = errors.first() {
-            // One line per scan, however many files are bad: no error storm.
-            log::warn!(
-                "{first} (and {} more problems in this scan)",
-                errors.len() - 1
             );
         }
 
@@ -243,44 +294,84 @@ impl Sampler {
             );
         }
 
-        // Cgroups removed during the window: report their last window, count it in
-        // their parent's, then forget them.
-        let mut removed = Vec::new();
-        let mut dead = Vec::new();
-        // Walk index by path, for their parents; built only if a cgroup was removed.
+        // Walk index by path, for the ancestors of cgroups the walk did not list;
+        // built only if there is one.
         let mut index_of: Option<HashMap<&str, usize>> = None;
-        for id in self.kernel.cgroup_ids() {
-            if next.contains_key(&id) {
-                continue;
-            }
-            dead.push(id);
-            let Some(prev) = self.previous.get(&id) else {
-                continue; // born and gone inside one window: no path to report
-            };
-            let Some(last) = self.kernel.window(id) else {
-                continue;
-            };
+        let dirs = &self.dirs;
+        let mut nearest_walked = |path: &str| {
             let index_of = index_of.get_or_insert_with(|| {
-                let paths = self.dirs.iter().enumerate();
+                let paths = dirs.iter().enumerate();
                 paths.map(|(i, d)| (d.path(), i)).collect::<HashMap<_, _>>()
             });
-            if let Some(&parent) = parent_path(&prev.path).and_then(|p| index_of.get(p)) {
-                windows[parent].get_or_insert_with(Box::default).add(&last);
+            let mut at = parent_path(path);
+            while let Some(p) = at {
+                if let Some(&i) = index_of.get(p) {
+                    return Some(i);
+                }
+                at = parent_path(p);
+            }
+            None
+        };
+        // Cgroups of the last window that the walk did not find. A second look
+        // tells those the kernel removed (report their last window, count it in
+        // their parent's, then forget them) from those that could not be listed
+        // (kept, reported unreadable).
+        let mut removed = Vec::new();
+        let mut dead = Vec::new();
+        for (id, prev) in std::mem::take(&mut self.previous) {
+            let last = self.kernel.window(id);
+            if let Some((w, parent)) = last.as_ref().zip(nearest_walked(&prev.path)) {
+                windows[parent].get_or_insert_with(Box::default).add(w);
             }
             let kind = prev.identity.kind.unwrap_or(CgroupKind::Other);
             let mut sample = CgroupSample {
                 container: container_sample(&prev.identity),
-                removed: true,
                 ..CgroupSample::bare(&prev.path, id, kind)
             };
+            match second_look(&prev.dir, id) {
+                Ok(true) => {
+                    dead.push(id);
+                    if last.is_none() {
+                        continue;
+                    }
+                    sample.removed = true;
+                }
+                Ok(false) | Err(_) if unlisted.is_none() => {
+                    // Listed nowhere yet present, with no listing failure to
+                    // explain it: moved away between the walk and the look.
+                    dead.push(id);
+                    continue;
+                }
+                result => {
+                    let reason = match result {
+                        Err(e) => cgroup::io_reason(&e),
+                        Ok(_) => unlisted.unwrap_or("other"),
+                    };
+                    sample.unreadable = Some(Unreadable {
+                        reason,
+                        error: format!("{} could not be listed this window", prev.dir.display()),
+                    });
+                    next.insert(id, prev);
+                }
+            }
             probe_results(
                 &self.probes,
                 &mut self.devices,
                 &mut sample,
-                Some(&last),
+                last.as_deref(),
                 seconds,
             );
             removed.push(sample);
+        }
+        // Kernel entries of cgroups born and gone inside one window; while a listing
+        // failed, an id the walk missed may still be alive: those wait for a full walk.
+        if unlisted.is_none() {
+            let unknown: Vec<u64> = self
+                .kernel
+                .cgroup_ids()
+                .filter(|id| !next.contains_key(id) && !dead.contains(id))
+                .collect();
+            dead.extend(unknown);
         }
         self.kernel.forget(&mut self.probes, &dead);
 
@@ -306,12 +397,37 @@ impl Sampler {
                 );
             }
         }
-        // Walk order (parents before children), removed cgroups last.
+        // Walk order (parents before children), removed and unlisted cgroups last.
         cgroups.extend(
             removed
                 .into_iter()
                 .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p))),
         );
+        self.host.window = self.host_reader.sample();
+        // The last line of defence: a value no true window can hold (a broken
+        // baseline) is refused, never reported.
+        let cpus = self.host.window.cpu.as_ref().map(|c| c.cpus);
+        if let Some(bounds) = Bounds::now(cpus, seconds) {
+            for c in &mut cgroups {
+                let Some(what) = c.impossible(&bounds) else {
+                    continue;
+                };
+                let error = format!("{what} impossible in this window: refused");
+                scan.count("impossible", 1);
+                scan.note(format!("{}: {error}", c.path));
+                *c = CgroupSample {
+                    path: std::mem::take(&mut c.path),
+                    raw_path_hex: c.raw_path_hex.take(),
+                    container: c.container.take(),
+                    unreadable: Some(Unreadable {
+                        reason: "impossible",
+                        error,
+                    }),
+                    ..CgroupSample::bare("", c.id, c.kind)
+                };
+            }
+        }
+        scan.log();
 
         self.previous = next;
         self.previous_at = now;
@@ -321,7 +437,6 @@ impl Sampler {
                 p.map_entries = Some(entries);
             }
         }
-        self.host.window = self.host_reader.sample();
         Snapshot {
             schema: SCHEMA,
             timestamp_seconds: SystemTime::now()
@@ -331,7 +446,49 @@ impl Sampler {
             window_seconds: seconds,
             host: self.host.clone(),
             probes,
+            scan_errors: scan.by_reason,
             cgroups,
+        }
+    }
+}
+
+/// The second look at a cgroup the walk did not find: `true` if the kernel says it
+/// is gone (no such directory, or another cgroup now has its name), `false` if it is
+/// still there, an error if the look itself failed.
+fn second_look(dir: &Path, id: u64) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => Ok(m.ino() != id),
+        Err(e) if cgroup::is_gone(&e) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// The read failures of one scan: counted by reason, logged once.
+#[derive(Default)]
+struct ScanErrors {
+    by_reason: BTreeMap<&'static str, u64>,
+    first: Option<String>,
+    total: u64,
+}
+
+impl ScanErrors {
+    fn count(&mut self, reason: &'static str, n: u64) {
+        *self.by_reason.entry(reason).or_default() += n;
+        self.total += n;
+    }
+
+    fn note(&mut self, message: String) {
+        self.first.get_or_insert(message);
+    }
+
+    /// One line per scan, however many reads failed: no error storm.
+    fn log(&self) {
+        if let Some(first) = &self.first {
+            log::warn!(
+                "{first} ({} read failures in this scan, by reason: {:?})",
+                self.total,
+                self.by_reason
+            );
         }
     }
 }

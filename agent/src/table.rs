@@ -52,7 +52,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     });
     let dash = || "-".to_owned();
     for c in rows {
-        let per_window = |s: f64| s / snapshot.window_seconds.max(1e-9);
+        let per_window = |s: f64| s / c.stats_seconds(snapshot.window_seconds).max(1e-9);
         let cpu = c
             .cpu
             .usage_seconds

@@ -1,7 +1,10 @@
-//! From two readings of a cgroup to one window: counters become deltas (a counter
-//! that went backwards, impossible for one cgroup id, gives 0), gauges are the value
-//! at the end, rates are deltas over the window's length. A cgroup without a previous
-//! reading was created during the window: its counters all belong to it.
+//! From two readings of a cgroup to one window: counters become deltas, gauges are
+//! the value at the end, rates are deltas over the time between the readings. A
+//! cgroup without a previous reading was created during the window: its counters all
+//! belong to it. A counter that went backwards (impossible for one cgroup id, but a
+//! kernel that re-creates an entry resets it) has no delta in that window (`None`):
+//! its new value is the next window's baseline, and no wrapped difference is ever
+//! reported.
 
 use cgscope_common::blockio::dev_parts;
 
@@ -25,9 +28,10 @@ use crate::{
     },
 };
 
-/// `now - before` of an optional counter; the counter is `None` if `now` is.
+/// `now - before` of an optional counter; `None` if `now` is, or if the counter
+/// went backwards.
 fn delta(now: Option<u64>, before: Option<u64>) -> Option<u64> {
-    now.map(|n| n.saturating_sub(before.unwrap_or(0)))
+    now?.checked_sub(before.unwrap_or(0))
 }
 
 fn usec(v: Option<u64>) -> Option<f64> {
@@ -36,7 +40,7 @@ fn usec(v: Option<u64>) -> Option<f64> {
 
 pub fn cpu(now: &CgroupStats, before: Option<&CgroupStats>) -> CpuSample {
     let (n, b) = (&now.cpu, before.map(|b| b.cpu).unwrap_or_default());
-    let d = |now: u64, then: u64| Some(now.saturating_sub(then) as f64 * 1e-6);
+    let d = |now: u64, then: u64| usec(now.checked_sub(then));
     CpuSample {
         usage_seconds: d(n.usage_usec, b.usage_usec),
         user_seconds: d(n.user_usec, b.user_usec),
@@ -229,19 +233,18 @@ pub fn io(
                 .find(|(d, _)| d == device)
                 .map(|(_, m)| *m)
                 .unwrap_or_default();
-            let (read_ops, write_ops) =
-                (n.rios.saturating_sub(b.rios), n.wios.saturating_sub(b.wios));
+            let (read_ops, write_ops) = (n.rios.checked_sub(b.rios), n.wios.checked_sub(b.wios));
             IoDeviceSample {
                 device: device.to_string(),
                 name: names.name(*device).map(str::to_owned),
-                read_ops: Some(read_ops),
-                write_ops: Some(write_ops),
-                read_bytes: Some(n.rbytes.saturating_sub(b.rbytes)),
-                write_bytes: Some(n.wbytes.saturating_sub(b.wbytes)),
-                discard_ops: Some(n.dios.saturating_sub(b.dios)),
-                discard_bytes: Some(n.dbytes.saturating_sub(b.dbytes)),
-                read_iops: Some(rate(read_ops, seconds)),
-                write_iops: Some(rate(write_ops, seconds)),
+                read_ops,
+                write_ops,
+                read_bytes: n.rbytes.checked_sub(b.rbytes),
+                write_bytes: n.wbytes.checked_sub(b.wbytes),
+                discard_ops: n.dios.checked_sub(b.dios),
+                discard_bytes: n.dbytes.checked_sub(b.dbytes),
+                read_iops: read_ops.map(|ops| rate(ops, seconds)),
+                write_iops: write_ops.map(|ops| rate(ops, seconds)),
                 limit_read_bps: limit.rbps,
                 limit_write_bps: limit.wbps,
                 limit_read_iops: limit.riops,
@@ -406,5 +409,13 @@ mod tests {
             Some(1.5),
             "a new cgroup's usage belongs to the window"
         );
+
+        // Counters that went backwards: no delta, never a wrapped one.
+        let back = cpu(&before, Some(&now));
+        assert_eq!((back.usage_seconds, back.periods), (None, None));
+        let io = super::io(&before, Some(&now), 2.0, &mut DeviceNames::default()).unwrap();
+        assert_eq!((io.devices[0].read_ops, io.devices[0].read_iops), (None, None));
+        let p = pressure(&before, Some(&now)).cpu.unwrap();
+        assert_eq!(p.some_seconds, None);
     }
 }

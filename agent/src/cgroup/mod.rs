@@ -27,6 +27,37 @@ pub enum CgroupError {
     Malformed { path: String, reason: String },
 }
 
+impl CgroupError {
+    /// The reason as `cgscope.scan.errors` counts it: the errno's name, or
+    /// `malformed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Io { source, .. } => io_reason(source),
+            Self::Malformed { .. } => "malformed",
+        }
+    }
+}
+
+/// An I/O error's errno by name (`EMFILE`), as the scan counts it; `other` for
+/// errors that carry none.
+pub fn io_reason(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => "EMFILE",
+        Some(libc::ENFILE) => "ENFILE",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EINTR) => "EINTR",
+        Some(libc::EAGAIN) => "EAGAIN",
+        Some(libc::EIO) => "EIO",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ENODEV) => "ENODEV",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::InvalidData => "malformed",
+        None => "other",
+    }
+}
+
 /// Reads `dir/name` into `buf` (cleared first, capacity reused).
 /// `Ok(false)`: the file does not exist, or the cgroup was removed while reading.
 pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
@@ -58,13 +89,14 @@ pub struct CgroupDirFd {
 }
 
 impl CgroupDirFd {
-    /// `None` if the cgroup is gone (or unreadable: its files will say why).
-    pub fn open(dir: &Path) -> Option<Self> {
+    /// Opens the cgroup's directory; [`is_gone`] tells a removed cgroup from one
+    /// that cannot be opened now (out of descriptors, say).
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
         use nix::{fcntl::OFlag, sys::stat::Mode};
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let raw = nix::fcntl::open(dir, flags, Mode::empty()).ok()?;
+        let raw = nix::fcntl::open(dir, flags, Mode::empty())?;
         // SAFETY: `raw` was just opened and is owned by nothing else.
-        Some(Self {
+        Ok(Self {
             fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) },
         })
     }

@@ -73,13 +73,24 @@ const MEMORY: u8 = 2;
 const IO: u8 = 4;
 const PIDS: u8 = 8;
 
+/// One cgroup's files as read at the end of a window.
+#[derive(Debug)]
+pub enum StatsRead {
+    Stats(CgroupStats),
+    /// The kernel says the cgroup no longer exists (confirmed by a second look).
+    Gone,
+    /// The cgroup exists but could not be read whole this window (out of
+    /// descriptors, a malformed file...): no number of this window can be trusted,
+    /// and the previous reading stays the baseline.
+    Unreadable(CgroupError),
+}
+
 /// Reads and parses the files of one cgroup, reusing one text buffer.
 pub struct StatsReader<'a> {
     dir: &'a Path,
-    /// `None` if the directory could not be opened: the cgroup is gone.
-    fd: Option<CgroupDirFd>,
+    fd: std::io::Result<CgroupDirFd>,
     text: &'a mut String,
-    /// Problems met, for the caller to report (a scan never stops on one).
+    /// Problems met; any makes the reading [`StatsRead::Unreadable`].
     pub errors: Vec<CgroupError>,
 }
 
@@ -95,7 +106,7 @@ impl<'a> StatsReader<'a> {
 
     /// Reads `name`; `None` if absent or unreadable (the latter recorded).
     fn text(&mut self, name: &str) -> Option<&str> {
-        match self.fd.as_ref()?.read(self.dir, name, self.text) {
+        match self.fd.as_ref().ok()?.read(self.dir, name, self.text) {
             Ok(true) => Some(self.text.as_str()),
             Ok(false) => None,
             Err(e) => {
@@ -128,9 +139,45 @@ impl<'a> StatsReader<'a> {
     }
 
     /// Reads every file of the controllers enabled in this cgroup (from
-    /// `cgroup.controllers`, so that no file that cannot exist is opened). `None` if
-    /// the cgroup is gone (`cpu.stat` exists in every v2 cgroup).
-    pub fn read(&mut self) -> Option<CgroupStats> {
+    /// `cgroup.controllers`, so that no file that cannot exist is opened).
+    pub fn read(&mut self) -> StatsRead {
+        if let Err(e) = &self.fd {
+            if super::is_gone(e) {
+                return StatsRead::Gone;
+            }
+            let source = e.raw_os_error().map_or_else(
+                || std::io::Error::new(e.kind(), e.to_string()),
+                std::io::Error::from_raw_os_error,
+            );
+            return StatsRead::Unreadable(CgroupError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            });
+        }
+        let stats = self.read_all();
+        if !self.errors.is_empty() {
+            return StatsRead::Unreadable(self.errors.remove(0));
+        }
+        match stats {
+            Some(stats) => StatsRead::Stats(stats),
+            // `cpu.stat` exists in every v2 cgroup: absent, the cgroup went away
+            // during the read, unless a second look still finds the directory.
+            None => match std::fs::symlink_metadata(self.dir) {
+                Err(e) if super::is_gone(&e) => StatsRead::Gone,
+                Err(source) => StatsRead::Unreadable(CgroupError::Io {
+                    path: self.dir.display().to_string(),
+                    source,
+                }),
+                Ok(_) => StatsRead::Unreadable(CgroupError::Malformed {
+                    path: self.dir.display().to_string(),
+                    reason: "the directory has no cpu.stat".into(),
+                }),
+            },
+        }
+    }
+
+    /// [`Self::read`]'s reading; `None` without `cpu.stat`.
+    fn read_all(&mut self) -> Option<CgroupStats> {
         let cpu = self.parse("cpu.stat", str::parse::<CpuStat>)?;
         let controllers = self.text("cgroup.controllers").map_or(0, |t| {
             fields(t).fold(0u8, |acc, c| {
@@ -210,20 +257,18 @@ impl<'a> StatsReader<'a> {
 mod tests {
     use super::*;
 
-    fn read(dir: &Path) -> (Option<CgroupStats>, Vec<CgroupError>) {
+    fn read(dir: &Path) -> StatsRead {
         let mut text = String::new();
-        let mut reader = StatsReader::new(dir, &mut text);
-        let stats = reader.read();
-        (stats, reader.errors)
+        StatsReader::new(dir, &mut text).read()
     }
 
     #[test]
     fn a_6_12_container_with_every_controller() {
         let dir =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unified-6.12-container");
-        let (stats, errors) = read(&dir);
-        assert!(errors.is_empty(), "{errors:?}");
-        let stats = stats.unwrap();
+        let StatsRead::Stats(stats) = read(&dir) else {
+            panic!("{:?}", read(&dir))
+        };
         assert_eq!(stats.cpu.usage_usec, 3_050_460);
         assert_eq!(stats.cpu_max.and_then(|m| m.cores()), Some(0.5));
         assert_eq!(stats.cpu_weight, Some(100));
@@ -239,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn hybrid_cgroup_missing_files_and_malformed_ones() {
+    fn missing_files_are_absent_a_malformed_one_makes_the_cgroup_unreadable() {
         let dir = std::env::temp_dir().join(format!("cgscope-stats-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -247,15 +292,45 @@ mod tests {
             "usage_usec 10\nuser_usec 5\nsystem_usec 5\n",
         )
         .unwrap();
-        std::fs::write(dir.join("memory.pressure"), "some garbage\n").unwrap();
-        let (stats, errors) = read(&dir);
-        let stats = stats.unwrap();
+        let StatsRead::Stats(stats) = read(&dir) else {
+            panic!("{:?}", read(&dir))
+        };
         assert_eq!(stats.cpu.usage_usec, 10);
         assert!(stats.memory.is_none() && stats.io.is_none() && stats.pids.is_none());
         assert!(stats.memory_pressure.is_none());
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].to_string().contains("memory.pressure"));
+
+        std::fs::write(dir.join("memory.pressure"), "some garbage\n").unwrap();
+        match read(&dir) {
+            StatsRead::Unreadable(e) => {
+                assert!(e.to_string().contains("memory.pressure"), "{e}");
+                assert_eq!(e.reason(), "malformed");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A directory without cpu.stat that still exists is not a removed cgroup.
+        std::fs::remove_file(dir.join("cpu.stat")).unwrap();
+        assert!(matches!(read(&dir), StatsRead::Unreadable(_)));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(read(&dir).0.is_none(), "a vanished cgroup reads as gone");
+        assert!(matches!(read(&dir), StatsRead::Gone), "a vanished cgroup reads as gone");
+    }
+
+    #[test]
+    fn out_of_descriptors_is_unreadable_not_gone() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unified-6.12-container");
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Every descriptor below the limit in use: the next open fails with EMFILE.
+        let mut held = Vec::new();
+        setrlimit(Resource::RLIMIT_NOFILE, 64, hard).unwrap();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            held.push(f);
+        }
+        let result = read(&dir);
+        drop(held);
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        match result {
+            StatsRead::Unreadable(e) => assert_eq!(e.reason(), "EMFILE", "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -161,6 +161,8 @@ metrics! { SELF_METRICS;
         "Wall time of the last scan (maps, cgroup tree, files, namespaces).";
     SELF_CGROUPS: "cgscope.cgroups", Gauge, "{cgroup}", [], "the sampler", "",
         "cgroups in the last scan.";
+    SELF_SCAN_ERRORS: "cgscope.scan.errors", Counter, "{error}", ["cgscope.reason"], "the sampler", "",
+        "Reads that failed (a cgroup's files, a directory listing) or values refused as impossible, by reason (errno name, `malformed`, `impossible`): those cgroups are reported unreadable for the window, never removed.";
     SELF_PROBE_ATTACHED: "cgscope.probe.attached", Gauge, "1", ["cgscope.probe"], "the probes", "",
         "1 when the probe is attached, 0 when it failed or is disabled.";
     SELF_PROBE_DROPPED: "cgscope.probe.dropped", Counter, "{event}", ["cgscope.probe", "cgscope.reason"], "the probes' counters", "",
@@ -173,6 +175,8 @@ metrics! { SELF_METRICS;
         "Export attempts that failed (retried while the batch is queued).";
     SELF_EXPORT_DROPPED: "cgscope.export.dropped", Counter, "{batch}", ["cgscope.reason"], "the OTLP exporter", "",
         "Batches given up: the queue was full (oldest dropped) or the collector rejected them.";
+    SELF_EXPORT_REFUSED: "cgscope.export.refused", Counter, "{window}", ["cgscope.reason"], "the export store", "",
+        "Cgroup windows not added to the cumulative series because a value was impossible in the window (`cpu_time`, `runq_latency`, `io_latency`, `tcp_latency`); their totals stay.";
     SELF_SERIES_OVERFLOW: "cgscope.series.overflow", Counter, "{point}", [], "the series cap", "",
         "Points folded into an overflow series because a metric reached --max-series.";
 }

@@ -19,6 +19,7 @@ pub mod store;
 pub mod transport;
 
 use std::{
+    collections::BTreeMap,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -27,6 +28,7 @@ use crate::sample::Snapshot;
 
 use self::{
     delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample, prometheus::Exposition,
+    store::Store,
 };
 
 /// The exporters' per-window work.
@@ -36,13 +38,18 @@ pub struct Exporter {
     pub filter: Filter,
     /// The OTLP queue and temporality, when OTLP export is on.
     pub otlp: Option<(Arc<Queue>, Temporality)>,
+    /// The sampler's read failures since start, by reason.
+    pub scan_errors: BTreeMap<&'static str, u64>,
 }
 
 impl Exporter {
     /// Adds the window to the store and queues the OTLP batch.
     pub fn window(&mut self, snapshot: &Snapshot, scan: Duration) {
+        for (reason, n) in &snapshot.scan_errors {
+            *self.scan_errors.entry(reason).or_default() += n;
+        }
         let mut store = self.exposition.store();
-        let agent = self.agent_sample(snapshot, scan, store.overflowed);
+        let agent = self.agent_sample(snapshot, scan, &store);
         store.update(snapshot, &agent, &self.filter);
         if let Some((queue, temporality)) = &self.otlp {
             let agent = self.exposition.agent();
@@ -50,7 +57,7 @@ impl Exporter {
         }
     }
 
-    fn agent_sample(&self, snapshot: &Snapshot, scan: Duration, overflowed: u64) -> AgentSample {
+    fn agent_sample(&self, snapshot: &Snapshot, scan: Duration, store: &Store) -> AgentSample {
         let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok();
         let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
         let mut a = AgentSample {
@@ -59,7 +66,9 @@ impl Exporter {
             rss_bytes: self_rss_bytes(),
             scan_seconds: scan.as_secs_f64(),
             cgroups: snapshot.cgroups.len() as u64,
-            series_overflow: overflowed,
+            series_overflow: store.overflowed,
+            scan_errors: self.scan_errors.iter().map(|(k, v)| (*k, *v)).collect(),
+            export_refused: store.refused.iter().map(|(k, v)| (*k, *v)).collect(),
             ..AgentSample::default()
         };
         if let Some((queue, _)) = &self.otlp {

@@ -89,10 +89,8 @@ pub fn cgroup<'a>(
     let cpu = &c.cpu;
     out.double(&c::CPU_TIME, attr("cpu.mode", "user"), cpu.user_seconds);
     out.double(&c::CPU_TIME, attr("cpu.mode", "system"), cpu.system_seconds);
-    let usage = cpu
-        .usage_seconds
-        .filter(|_| window_seconds > 0.0)
-        .map(|s| s / window_seconds);
+    let span = c.stats_seconds(window_seconds);
+    let usage = cpu.usage_seconds.filter(|_| span > 0.0).map(|s| s / span);
     out.double(&c::CPU_USAGE, vec![], usage);
     out.double(&c::CPU_LIMIT, vec![], cpu.limit_cores);
     out.int(&c::CPU_THROTTLING_PERIODS, vec![], cpu.periods);
@@ -312,6 +310,9 @@ pub struct AgentSample {
     /// By reason: `queue_full`, `rejected`.
     pub export_dropped: Vec<(&'static str, u64)>,
     pub series_overflow: u64,
+    /// Since start, by reason.
+    pub scan_errors: Vec<(&'static str, u64)>,
+    pub export_refused: Vec<(&'static str, u64)>,
 }
 
 /// The agent's points (`cgscope.*`): its cost, its probes, its exporter.
@@ -329,6 +330,14 @@ pub fn agent<'a>(a: &AgentSample, probes: &'a [ProbeStatus], out: &mut Points<'a
     out.int(&c::SELF_MEMORY_RSS, vec![], a.rss_bytes);
     out.double(&c::SELF_SCAN_DURATION, vec![], Some(a.scan_seconds));
     out.int(&c::SELF_CGROUPS, vec![], Some(a.cgroups));
+    for (reason, n) in &a.scan_errors {
+        let at = attr("cgscope.reason", reason);
+        out.push(&c::SELF_SCAN_ERRORS, at, PointValue::TotalInt(*n));
+    }
+    for (reason, n) in &a.export_refused {
+        let at = attr("cgscope.reason", reason);
+        out.push(&c::SELF_EXPORT_REFUSED, at, PointValue::TotalInt(*n));
+    }
     for p in probes {
         out.int(
             &c::SELF_PROBE_ATTACHED,

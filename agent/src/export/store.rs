@@ -16,7 +16,10 @@ use super::{
     filter::{Filter, Verdict},
     points::{self, AgentSample, Attributes, Point, PointValue, Points},
 };
-use crate::{histogram::ExponentialHistogram, sample::Snapshot};
+use crate::{
+    histogram::ExponentialHistogram,
+    sample::{Bounds, Snapshot},
+};
 
 /// What a resource is: one per exported cgroup, plus the host and the agent itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,12 +54,12 @@ impl HistogramCounts {
 
     fn add(&mut self, h: &ExponentialHistogram) {
         debug_assert_eq!(h.scale, SCALE);
-        self.count += h.count;
+        self.count = self.count.saturating_add(h.count);
         self.sum_seconds += h.sum_seconds;
-        self.zero_count += h.zero_count;
+        self.zero_count = self.zero_count.saturating_add(h.zero_count);
         let first = (h.offset - OTLP_OFFSET).max(0) as usize;
-        for (slot, n) in self.buckets[first..].iter_mut().zip(&h.bucket_counts) {
-            *slot += n;
+        for (slot, n) in self.buckets.iter_mut().skip(first).zip(&h.bucket_counts) {
+            *slot = slot.saturating_add(*n);
         }
     }
 
@@ -102,15 +105,28 @@ impl Value {
         }
     }
 
+    /// Nothing recorded: the window of a counter or histogram that added nothing.
+    fn clear(&mut self) {
+        match self {
+            Self::Int(n) => *n = 0,
+            Self::Double(x) => *x = 0.0,
+            Self::Histogram(h) => {
+                h.buckets.fill(0);
+                h.count = 0;
+                h.sum_seconds = 0.0;
+                h.zero_count = 0;
+            }
+        }
+    }
+
     /// Becomes `v` (reusing a histogram's buckets).
     fn set(&mut self, v: &PointValue<'_>) {
         match (self, v) {
-            (Self::Histogram(mine), PointValue::Histogram(h)) => {
-                mine.buckets.fill(0);
-                mine.count = 0;
-                mine.sum_seconds = 0.0;
-                mine.zero_count = 0;
-                mine.add(h);
+            (slot @ Self::Histogram(_), PointValue::Histogram(h)) => {
+                slot.clear();
+                if let Self::Histogram(mine) = slot {
+                    mine.add(h);
+                }
             }
             (slot, v) => *slot = Self::from_point(v),
         }
@@ -119,7 +135,9 @@ impl Value {
     /// Adds a window (counters, histograms) or replaces the value (gauges, totals).
     fn update(&mut self, instrument: Instrument, v: &PointValue<'_>) {
         match (self, v) {
-            (Self::Int(a), PointValue::Int(b)) if instrument == Instrument::Counter => *a += b,
+            (Self::Int(a), PointValue::Int(b)) if instrument == Instrument::Counter => {
+                *a = a.saturating_add(*b)
+            }
             (Self::Double(a), PointValue::Double(b)) if instrument == Instrument::Counter => {
                 *a += b
             }
@@ -159,6 +177,9 @@ pub struct Store {
     pub window_end_unix_nano: u64,
     /// Points folded into overflow series since start (the series cap was reached).
     pub overflowed: u64,
+    /// Cgroup windows refused since start because a value was impossible in its
+    /// window, by what ([`CgroupSample::impossible`]).
+    pub refused: BTreeMap<&'static str, u64>,
 }
 
 impl Store {
@@ -178,6 +199,8 @@ impl Store {
             overflow: Vec::new(),
         };
 
+        let cpus = snapshot.host.window.cpu.as_ref().map(|c| c.cpus);
+        let bounds = Bounds::now(cpus, snapshot.window_seconds);
         let mut node = Points(Vec::new());
         points::host(&snapshot.host.window, &mut node);
         points::agent(agent, &snapshot.probes, &mut node);
@@ -192,11 +215,23 @@ impl Store {
             let age_seconds = end.saturating_sub(first_seen) as f64 * 1e-9;
             match filter.verdict(c, age_seconds) {
                 Verdict::Export => {
+                    let attributes = super::resource::cgroup_attributes(c);
+                    if let Some(what) = bounds.and_then(|b| c.impossible(&b)) {
+                        // Refused: its series keep their totals, this window adds 0.
+                        *self.refused.entry(what).or_default() += 1;
+                        window.carry(key, attributes, first_seen, Vec::new());
+                        window.hold(key);
+                        continue;
+                    }
                     let mut points = Points(Vec::new());
                     let end_seconds = snapshot.timestamp_seconds;
                     points::cgroup(c, end_seconds, snapshot.window_seconds, &mut points);
-                    let attributes = super::resource::cgroup_attributes(c);
                     window.carry(key, attributes, first_seen, points.0);
+                    if c.unreadable.is_some() {
+                        // Its files' series wait, totals kept, for the next reading,
+                        // which covers this window too.
+                        window.hold(key);
+                    }
                 }
                 // Too young: remember when it was first seen, export nothing yet.
                 Verdict::Wait => window.carry(key, Vec::new(), first_seen, Vec::new()),
@@ -258,6 +293,27 @@ impl<'a> Window<'a> {
             }
             *seen += 1;
             self.add(key, p);
+        }
+    }
+
+    /// Keeps the series of `key` that this window did not carry, with their totals
+    /// and an empty window (a cgroup that could not be read, or was refused).
+    fn hold(&mut self, key: ResourceKey) {
+        let (Some(before), Some(resource)) =
+            (self.previous.get_mut(&key), self.next.get_mut(&key))
+        else {
+            return;
+        };
+        for (id, mut series) in std::mem::take(&mut before.series) {
+            if resource.series.contains_key(&id) {
+                continue;
+            }
+            if series.metric.instrument == Instrument::Counter
+                || matches!(series.total, Value::Histogram(_))
+            {
+                series.window.clear();
+            }
+            resource.series.insert(id, series);
         }
     }
 
@@ -347,6 +403,7 @@ pub(crate) mod tests {
                 window: Default::default(),
             },
             probes: Vec::new(),
+            scan_errors: Default::default(),
             cgroups,
         }
     }

@@ -176,7 +176,7 @@ pub const MEASURES: &[Measure] = &[
         name: "cpu.usage",
         unit: Unit::Cores,
         description: "CPU used (cpu.stat usage_usec per second)",
-        compute: |c, s| per_second(c.cpu.usage_seconds, s.window),
+        compute: |c, s| per_second(c.cpu.usage_seconds, c.stats_seconds(s.window)),
     },
     Measure {
         name: "cpu.usage_of_limit",
@@ -184,7 +184,8 @@ pub const MEASURES: &[Measure] = &[
         description: "CPU used as a share of the cpu.max quota",
         compute: |c, s| {
             let limit = c.cpu.limit_cores.filter(|l| *l > 0.0)?;
-            per_second(c.cpu.usage_seconds, s.window).map(|u| (u.value / limit).into())
+            per_second(c.cpu.usage_seconds, c.stats_seconds(s.window))
+                .map(|u| (u.value / limit).into())
         },
     },
     Measure {
@@ -193,7 +194,8 @@ pub const MEASURES: &[Measure] = &[
         description: "CPU used as a share of all the node's CPUs",
         compute: |c, s| {
             let cpus = s.host.cpu.as_ref().map(|h| h.cpus).filter(|n| *n > 0)?;
-            per_second(c.cpu.usage_seconds, s.window).map(|u| (u.value / cpus as f64).into())
+            per_second(c.cpu.usage_seconds, c.stats_seconds(s.window))
+                .map(|u| (u.value / cpus as f64).into())
         },
     },
     Measure {
@@ -209,7 +211,7 @@ pub const MEASURES: &[Measure] = &[
         name: "cpu.throttled_time",
         unit: Unit::Ratio,
         description: "share of the window the cgroup's tasks were held back by the quota (cpu.stat throttled_usec)",
-        compute: |c, s| per_second(c.cpu.throttled_seconds, s.window),
+        compute: |c, s| per_second(c.cpu.throttled_seconds, c.stats_seconds(s.window)),
     },
     Measure {
         name: "cpu.runq_p99",
@@ -227,7 +229,7 @@ pub const MEASURES: &[Measure] = &[
         name: "cpu.pressure",
         unit: Unit::Ratio,
         description: "share of the window some task stalled on CPU (cpu.pressure some)",
-        compute: |c, s| some(&c.pressure.cpu, s.window),
+        compute: |c, s| some(&c.pressure.cpu, c.stats_seconds(s.window)),
     },
     Measure {
         name: "memory.usage_of_limit",
@@ -249,7 +251,7 @@ pub const MEASURES: &[Measure] = &[
         name: "memory.pressure",
         unit: Unit::Ratio,
         description: "share of the window some task stalled on memory (memory.pressure some)",
-        compute: |c, s| some(&c.pressure.memory, s.window),
+        compute: |c, s| some(&c.pressure.memory, c.stats_seconds(s.window)),
     },
     Measure {
         name: "memory.oom_kills",
@@ -270,7 +272,7 @@ pub const MEASURES: &[Measure] = &[
         name: "io.pressure",
         unit: Unit::Ratio,
         description: "share of the window some task stalled on IO (io.pressure some)",
-        compute: |c, s| some(&c.pressure.io, s.window),
+        compute: |c, s| some(&c.pressure.io, c.stats_seconds(s.window)),
     },
     Measure {
         name: "pressure.some",
@@ -281,7 +283,9 @@ pub const MEASURES: &[Measure] = &[
             worst(
                 [("cpu", &p.cpu), ("memory", &p.memory), ("io", &p.io)]
                     .into_iter()
-                    .filter_map(|(r, p)| Some((some(p, s.window)?.value, r.to_owned()))),
+                    .filter_map(|(r, p)| {
+                        Some((some(p, c.stats_seconds(s.window))?.value, r.to_owned()))
+                    }),
             )
         },
     },
@@ -313,7 +317,8 @@ pub const MEASURES: &[Measure] = &[
         unit: Unit::OfCeiling,
         description: "bytes per second as a share of the io.max rbps/wbps limit, on the device and direction nearest to it",
         compute: |c, s| {
-            let rate = |b: Option<u64>| b.filter(|_| s.window > 0.0).map(|b| b as f64 / s.window);
+            let span = c.stats_seconds(s.window);
+            let rate = |b: Option<u64>| b.filter(|_| span > 0.0).map(|b| b as f64 / span);
             of_limit(c, |d| [
                 (rate(d.read_bytes), d.limit_read_bps),
                 (rate(d.write_bytes), d.limit_write_bps),

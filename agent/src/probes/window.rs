@@ -67,8 +67,8 @@ impl IoWindow {
     }
 
     fn add(&mut self, other: &Self) {
-        self.ios += other.ios;
-        self.bytes += other.bytes;
+        self.ios = self.ios.saturating_add(other.ios);
+        self.bytes = self.bytes.saturating_add(other.bytes);
         self.queue.add(&other.queue);
         self.device.add(&other.device);
     }
@@ -101,10 +101,10 @@ impl TcpWindow {
     fn add(&mut self, other: &Self) {
         self.rtt.add(&other.rtt);
         self.connect.add(&other.connect);
-        self.connect_failures += other.connect_failures;
-        self.retransmits += other.retransmits;
-        self.resets_sent += other.resets_sent;
-        self.resets_received += other.resets_received;
+        self.connect_failures = self.connect_failures.saturating_add(other.connect_failures);
+        self.retransmits = self.retransmits.saturating_add(other.retransmits);
+        self.resets_sent = self.resets_sent.saturating_add(other.resets_sent);
+        self.resets_received = self.resets_received.saturating_add(other.resets_received);
     }
 
     fn is_empty(&self) -> bool {
@@ -116,9 +116,21 @@ impl TcpWindow {
             && self.resets_received == 0
     }
 
-    /// `now - before` of one (cgroup, netns).
+    /// `now - before` of one (cgroup, netns); all of `now` if the kernel's entry
+    /// was created again since `before` (a counter went back).
     fn since(now: &TcpTotals, before: Option<&TcpTotals>) -> Self {
-        let d = |f: fn(&TcpTotals) -> u64| f(now).wrapping_sub(before.map_or(0, f));
+        let counters: [fn(&TcpTotals) -> u64; 4] = [
+            |t| t.connect_failures,
+            |t| t.retransmits,
+            |t| t.resets_sent,
+            |t| t.resets_received,
+        ];
+        let before = before.filter(|b| {
+            !(now.rtt.went_back(&b.rtt)
+                || now.connect.went_back(&b.connect)
+                || counters.iter().any(|f| f(now) < f(b)))
+        });
+        let d = |f: fn(&TcpTotals) -> u64| f(now) - before.map_or(0, f);
         Self {
             rtt: now.rtt.since(before.map(|b| &b.rtt)),
             connect: now.connect.since(before.map(|b| &b.connect)),
@@ -228,12 +240,18 @@ impl ProbeReader {
             .flatten()
             .map(|key| {
                 let now = &self.now.io[key];
-                let before = self.previous.io.get(key);
+                // An entry created again since the last read: all of it is new.
+                let before = self.previous.io.get(key).filter(|b| {
+                    !(now.ios < b.ios
+                        || now.bytes < b.bytes
+                        || now.queue.went_back(&b.queue)
+                        || now.device.went_back(&b.device))
+                });
                 IoWindow {
                     dev: key.dev,
                     op: key.op,
-                    ios: now.ios.wrapping_sub(before.map_or(0, |b| b.ios)),
-                    bytes: now.bytes.wrapping_sub(before.map_or(0, |b| b.bytes)),
+                    ios: now.ios - before.map_or(0, |b| b.ios),
+                    bytes: now.bytes - before.map_or(0, |b| b.bytes),
                     queue: now.queue.since(before.map(|b| &b.queue)),
                     device: now.device.since(before.map(|b| &b.device)),
                 }
