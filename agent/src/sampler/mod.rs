@@ -3,12 +3,18 @@
 //! Data flows one way: kernel maps and cgroupfs → sampler → snapshot → consumers.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    collections::HashMap,
+    path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+mod network;
+mod scan;
+
+use self::{
+    network::assign_network,
+    scan::{second_look, ScanErrors},
+};
 use crate::{
     cgroup::{
         self,
@@ -243,8 +249,8 @@ impl Sampler {
                         reason,
                         error: e.to_string(),
                     });
-                    let (stats, since) = prev
-                        .map_or((None, self.previous_at), |p| (p.stats, p.since));
+                    let (stats, since) =
+                        prev.map_or((None, self.previous_at), |p| (p.stats, p.since));
                     (stats, since)
                 }
                 StatsRead::Stats(stats) => {
@@ -452,47 +458,6 @@ impl Sampler {
     }
 }
 
-/// The second look at a cgroup the walk did not find: `true` if the kernel says it
-/// is gone (no such directory, or another cgroup now has its name), `false` if it is
-/// still there, an error if the look itself failed.
-fn second_look(dir: &Path, id: u64) -> std::io::Result<bool> {
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) => Ok(m.ino() != id),
-        Err(e) if cgroup::is_gone(&e) => Ok(true),
-        Err(e) => Err(e),
-    }
-}
-
-/// The read failures of one scan: counted by reason, logged once.
-#[derive(Default)]
-struct ScanErrors {
-    by_reason: BTreeMap<&'static str, u64>,
-    first: Option<String>,
-    total: u64,
-}
-
-impl ScanErrors {
-    fn count(&mut self, reason: &'static str, n: u64) {
-        *self.by_reason.entry(reason).or_default() += n;
-        self.total += n;
-    }
-
-    fn note(&mut self, message: String) {
-        self.first.get_or_insert(message);
-    }
-
-    /// One line per scan, however many reads failed: no error storm.
-    fn log(&self) {
-        if let Some(first) = &self.first {
-            log::warn!(
-                "{first} ({} read failures in this scan, by reason: {:?})",
-                self.total,
-                self.by_reason
-            );
-        }
-    }
-}
-
 /// Puts what the attached probes measured into a cgroup's sample (`None`: they
 /// recorded nothing for it).
 fn probe_results(
@@ -520,55 +485,6 @@ fn probe_results(
         let memory = sample.memory.get_or_insert_with(MemorySample::default);
         memory.oom_kills = Some(window::oom_kills(window.map_or(&[][..], |w| &w.oom)));
     }
-}
-
-/// Gives each network namespace's window to the cgroup that owns it: the pod for its
-/// containers, else the container itself. Returns the problems met.
-fn assign_network(
-    reader: &mut NetnsReader,
-    dirs: &[CgroupDir],
-    cgroups: &mut [CgroupSample],
-    sample_of: &[Option<usize>],
-) -> Vec<String> {
-    let mut found: Vec<(u64, u32)> = Vec::new();
-    let mut owners: Vec<(usize, u64)> = Vec::new();
-    let mut problems = Vec::new();
-    for (i, s) in sample_of.iter().enumerate() {
-        let Some(sample) = s
-            .map(|s| &cgroups[s])
-            .filter(|s| s.kind == CgroupKind::Container)
-        else {
-            continue;
-        };
-        let (netns, pid) = match reader.own_netns(dirs[i].dir()) {
-            Ok(Some(found)) => found,
-            Ok(None) => continue,
-            Err(e) => {
-                problems.push(e);
-                continue;
-            }
-        };
-        let in_pod = sample
-            .container
-            .as_ref()
-            .is_some_and(|c| c.pod_uid.is_some());
-        let parent = dirs[i].parent.and_then(|d| sample_of[d]);
-        let owner = match (in_pod, parent) {
-            (true, Some(parent)) => parent,
-            _ => s.unwrap_or_default(),
-        };
-        found.push((netns, pid));
-        owners.push((owner, netns));
-    }
-    let (windows, mut errors) = reader.read(&found);
-    errors.append(&mut problems);
-    for (owner, netns) in owners {
-        let sample = &mut cgroups[owner];
-        if sample.network.is_none() {
-            sample.network = windows.get(&netns).cloned();
-        }
-    }
-    errors
 }
 
 /// `/a/b` → `/a`, `/a` → `/`, `/` → none.
