@@ -272,9 +272,10 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
             interval,
             started: Instant::now(),
         };
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        let limits = cgscope::export::serve::ServeLimits::default();
+        cgscope::export::serve::serve(listener, api::router(state), limits, shutdown_signal())
+            .await;
+        Ok::<(), std::io::Error>(())
     });
     let _ = stop_tx.send(());
     if sampling.join().is_err() {
@@ -312,7 +313,7 @@ fn sample_loop(
             Ok(json) => {
                 latest.send_replace(Some(Arc::new(Published {
                     snapshot,
-                    json,
+                    json: json.into(),
                     at: Instant::now(),
                 })));
             }

@@ -33,8 +33,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Published {
     pub snapshot: Snapshot,
-    /// The whole snapshot as JSON, serialised once.
-    pub json: String,
+    /// The whole snapshot as JSON, serialised once; each request shares it.
+    pub json: bytes::Bytes,
     /// When the window ended.
     pub at: Instant,
 }

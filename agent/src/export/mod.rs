@@ -14,6 +14,7 @@ pub mod otlp;
 pub mod points;
 pub mod prometheus;
 pub mod resource;
+pub mod serve;
 pub mod settings;
 pub mod store;
 pub mod transport;

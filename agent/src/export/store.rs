@@ -299,8 +299,7 @@ impl<'a> Window<'a> {
     /// Keeps the series of `key` that this window did not carry, with their totals
     /// and an empty window (a cgroup that could not be read, or was refused).
     fn hold(&mut self, key: ResourceKey) {
-        let (Some(before), Some(resource)) =
-            (self.previous.get_mut(&key), self.next.get_mut(&key))
+        let (Some(before), Some(resource)) = (self.previous.get_mut(&key), self.next.get_mut(&key))
         else {
             return;
         };
@@ -500,5 +499,45 @@ pub(crate) mod tests {
         // cgroup 1 holds the one series (user; system is absent); 2 and 3 overflow.
         assert_eq!(overflow.total, Value::Double(6.0));
         assert!(store.overflowed >= 2);
+    }
+
+    #[test]
+    fn unreadable_windows_keep_totals_and_impossible_ones_are_refused() {
+        let (mut store, agent, filter) =
+            (Store::default(), AgentSample::default(), Filter::default());
+        let on_two_cpus = |end: f64, c: CgroupSample| {
+            let mut s = snapshot(end, vec![c]);
+            s.host.window.cpu = Some(crate::host::HostCpu {
+                cpus: 2,
+                ..Default::default()
+            });
+            s
+        };
+        store.update(&on_two_cpus(100.0, cgroup(1, 1.0, &[])), &agent, &filter);
+        let unreadable = CgroupSample {
+            cpu: CpuSample::default(),
+            unreadable: Some(crate::sample::Unreadable {
+                reason: "EMFILE",
+                error: String::new(),
+            }),
+            ..cgroup(1, 0.0, &[])
+        };
+        store.update(&on_two_cpus(110.0, unreadable), &agent, &filter);
+        let cpu = series(&store, 1, "container.cpu.time").expect("kept while unreadable");
+        assert_eq!(
+            (&cpu.total, &cpu.window),
+            (&Value::Double(1.0), &Value::Double(0.0))
+        );
+        assert_eq!(cpu.start_unix_nano, 90_000_000_000, "the same series");
+
+        // 2 CPUs cannot give 40 s of CPU in 10 s.
+        store.update(&on_two_cpus(120.0, cgroup(1, 40.0, &[])), &agent, &filter);
+        let cpu = series(&store, 1, "container.cpu.time").expect("kept when refused");
+        assert_eq!(cpu.total, Value::Double(1.0));
+        assert_eq!(store.refused.get("cpu_time"), Some(&1));
+        // The next window is added (the 2 s delta of a reading after the bad one).
+        store.update(&on_two_cpus(130.0, cgroup(1, 2.0, &[])), &agent, &filter);
+        let cpu = series(&store, 1, "container.cpu.time").unwrap();
+        assert_eq!(cpu.total, Value::Double(3.0));
     }
 }

@@ -143,6 +143,10 @@ impl Sampler {
             cgroup_root: root.display().to_string(),
             window: HostSample::default(),
         };
+        match scan::raise_descriptor_limit() {
+            Ok(limit) => log::debug!("open descriptors: limit {limit}"),
+            Err(e) => log::warn!("cannot raise the open-descriptor limit: {e}"),
+        }
         // Said before the probes' own errors, which a missing capability explains.
         crate::privilege::warn_missing();
         let probes = Probes::attach(&config.probes, Some(&root));

@@ -45,3 +45,16 @@ impl ScanErrors {
         }
     }
 }
+
+/// Raises the soft limit on open descriptors to the hard one: each scan opens a
+/// directory and a file at a time, the API's clients and the probes hold more, and
+/// the default soft limit (1024) is the one a flood of clients reaches first.
+/// Returns the limit now in force.
+pub(super) fn raise_descriptor_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
