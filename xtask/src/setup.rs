@@ -11,6 +11,10 @@ use crate::cmd;
 /// pinned nightly (LLVM 22).
 const BPF_LINKER_VERSION: &str = "0.10.2";
 
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer; it runs on the pinned nightly,
+/// whose sanitizer and coverage flags libFuzzer needs).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Debian packages the tests and benchmarks use, with why.
 pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     (
@@ -110,6 +114,8 @@ pub fn ebpf_toolchain() -> anyhow::Result<String> {
 pub fn run() -> anyhow::Result<()> {
     let mut did = Vec::new();
     let toolchain = build_toolchain(&mut did)?;
+    // `xtask test` runs the fuzz targets.
+    cargo_fuzz(&mut did)?;
 
     // `xtask test` runs fmt and clippy on the host toolchain.
     let has_lints = cmd::succeeds(cmd::cargo_command().args(["fmt", "--version"]))
@@ -155,7 +161,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     if did.is_empty() {
-        eprintln!("setup: everything present ({toolchain} + rust-src, bpf-linker {BPF_LINKER_VERSION}, {} Debian packages)", DEBIAN_PACKAGES.len());
+        eprintln!("setup: everything present ({toolchain} + rust-src, bpf-linker {BPF_LINKER_VERSION}, cargo-fuzz {CARGO_FUZZ_VERSION}, {} Debian packages)", DEBIAN_PACKAGES.len());
     } else {
         for line in did {
             eprintln!("setup: {line}");
@@ -200,6 +206,22 @@ pub fn build_toolchain(did: &mut Vec<String>) -> anyhow::Result<String> {
         did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
     }
     Ok(toolchain)
+}
+
+/// cargo-fuzz at its pinned version, unless it is there.
+pub fn cargo_fuzz(did: &mut Vec<String>) -> anyhow::Result<()> {
+    let installed =
+        cmd::output(cmd::cargo_command().args(["fuzz", "--version"])).unwrap_or_default();
+    if !installed.contains(CARGO_FUZZ_VERSION) {
+        cmd::run(cmd::cargo_command().args([
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+        did.push(format!("installed cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    }
+    Ok(())
 }
 
 fn debian_installed(package: &str) -> bool {
