@@ -122,7 +122,7 @@ snmp_counters!(Udp {
 
 /// Walks `net/snmp` or `net/netstat`: a header line of keys, then a line of values,
 /// per section. Values that are not counters (`MaxConn -1`) are skipped.
-fn each_snmp_value(text: &str, mut f: impl FnMut(&str, &str, u64)) -> Result<(), String> {
+pub fn each_snmp_value(text: &str, mut f: impl FnMut(&str, &str, u64)) -> Result<(), String> {
     let mut lines = text.lines();
     while let (Some(keys), Some(values)) = (lines.next(), lines.next()) {
         let (Some((section, keys)), Some((vsection, values))) =

@@ -5,6 +5,7 @@ mod bench_probes;
 mod cmd;
 #[cfg(test)]
 mod containerfile;
+mod fuzz;
 mod lab;
 mod report;
 mod setup;
@@ -39,6 +40,9 @@ enum Task {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Run each libFuzzer target (every parser of untrusted input) for N seconds;
+    /// fails on any crash, panic or hang.
+    Fuzz(fuzz::FuzzArgs),
     /// Run the integration tests inside qemu on other kernels (pure cgroup v2).
     Vm(vm::VmArgs),
     /// Benchmarks; prints a table with ratios against a reference.
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             cmd::exec(&bin, &all)
         }
         Task::Test { no_vm } => test::run(!no_vm),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Vm(args) => vm::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Lab { scenario } => lab::run(scenario.as_deref()),

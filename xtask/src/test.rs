@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cmd,
+    cmd, fuzz,
     report::{self, EnvReport},
     setup, vm,
 };
@@ -28,6 +28,8 @@ pub fn run(with_vm: bool) -> anyhow::Result<()> {
     clippy.extend(["--all-targets", "--", "-D", "warnings"]);
     cmd::cargo(&clippy)?;
     let mut envs = vec![host()?];
+    // Every parser of untrusted input under libFuzzer, 18 s each (about 5.5 min).
+    fuzz::run(&fuzz::FuzzArgs::bounded())?;
     // The VMs take half an hour: not after a failure here.
     if with_vm && !envs[0].failed() {
         envs.extend(vm::reports(&vm::VmArgs::all())?);

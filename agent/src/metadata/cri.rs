@@ -149,16 +149,25 @@ async fn list_async(socket: &Path) -> Result<Vec<ContainerMeta>, String> {
         },
     )
     .await?;
+    let pods: ListPodSandboxResponse =
+        unary(&channel, LIST_POD_SANDBOX, ListPodSandboxRequest {}).await?;
+    let containers: ListContainersResponse =
+        unary(&channel, LIST_CONTAINERS, ListContainersRequest {}).await?;
+    Ok(containers_of(&version, &pods, &containers))
+}
+
+/// What the runtime's three replies say: one entry per container, named after its
+/// pod, and one per pod sandbox; every string sanitised.
+pub fn containers_of(
+    version: &VersionResponse,
+    pods: &ListPodSandboxResponse,
+    containers: &ListContainersResponse,
+) -> Vec<ContainerMeta> {
     let runtime = if version.runtime_name.to_ascii_lowercase().contains("cri-o") {
         Runtime::CriO
     } else {
         Runtime::Containerd
     };
-    let pods: ListPodSandboxResponse =
-        unary(&channel, LIST_POD_SANDBOX, ListPodSandboxRequest {}).await?;
-    let containers: ListContainersResponse =
-        unary(&channel, LIST_CONTAINERS, ListContainersRequest {}).await?;
-
     let sandboxes: HashMap<&str, &PodSandboxMetadata> = pods
         .items
         .iter()
@@ -212,7 +221,7 @@ async fn list_async(socket: &Path) -> Result<Vec<ContainerMeta>, String> {
             created_seconds: None,
         }
     }));
-    Ok(out)
+    out
 }
 
 /// Every pod sandbox and container the runtime knows, within `timeout`.

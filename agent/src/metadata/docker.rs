@@ -91,7 +91,7 @@ fn get(socket: &Path, path: &str, timeout: Duration) -> Result<Vec<u8>, Metadata
 }
 
 /// The body of an HTTP/1.x reply with status 200.
-fn body(reply: &[u8]) -> Result<&[u8], String> {
+pub fn body(reply: &[u8]) -> Result<&[u8], String> {
     let split = reply
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -113,10 +113,16 @@ fn body(reply: &[u8]) -> Result<&[u8], String> {
 /// Which engine serves the socket: Podman says so in `/version`.
 pub fn runtime(socket: &Path, timeout: Duration) -> Result<Runtime, MetadataError> {
     let reply = get(socket, "/version", timeout)?;
-    let version: Version = serde_json::from_slice(&reply).map_err(|e| MetadataError::Runtime {
+    parse_version(&reply).map_err(|e| MetadataError::Runtime {
         socket: socket.display().to_string(),
         what: format!("/version: {e}"),
-    })?;
+    })
+}
+
+/// The engine named by the body of a `/version` reply (`{"Components": [{"Name":
+/// "Podman Engine", ...}], ...}`): Podman if a component says so, else Docker.
+pub fn parse_version(body: &[u8]) -> Result<Runtime, serde_json::Error> {
+    let version: Version = serde_json::from_slice(body)?;
     let podman = version
         .components
         .iter()
@@ -135,11 +141,20 @@ pub fn list(
     timeout: Duration,
 ) -> Result<Vec<ContainerMeta>, MetadataError> {
     let reply = get(socket, "/containers/json?all=1", timeout)?;
-    let containers: Vec<Container> =
-        serde_json::from_slice(&reply).map_err(|e| MetadataError::Runtime {
-            socket: socket.display().to_string(),
-            what: format!("/containers/json: {e}"),
-        })?;
+    parse_containers(&reply, runtime).map_err(|e| MetadataError::Runtime {
+        socket: socket.display().to_string(),
+        what: format!("/containers/json: {e}"),
+    })
+}
+
+/// The containers in the body of a `/containers/json` reply (`[{"Id": ..., "Names":
+/// ["/web"], "Image": ..., "Created": 1700000000, "Labels": {...}}, ...]`), every
+/// string sanitised.
+pub fn parse_containers(
+    body: &[u8],
+    runtime: Runtime,
+) -> Result<Vec<ContainerMeta>, serde_json::Error> {
+    let containers: Vec<Container> = serde_json::from_slice(body)?;
     Ok(containers
         .into_iter()
         .map(|c| {

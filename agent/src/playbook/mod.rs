@@ -119,6 +119,13 @@ pub struct Playbook {
 
 /// Parses the playbook block of a page and validates its measures.
 pub fn parse(name: &str, page: &'static str) -> Result<Playbook, PlaybookError> {
+    let mut playbook = parse_block(name, page)?;
+    playbook.page = page;
+    Ok(playbook)
+}
+
+/// [`parse`] for a page of any lifetime: the playbook it returns keeps no page.
+pub fn parse_block(name: &str, page: &str) -> Result<Playbook, PlaybookError> {
     let start = page
         .find("```cgscope-playbook\n")
         .ok_or_else(|| PlaybookError::NoBlock(name.to_owned()))?
@@ -126,7 +133,7 @@ pub fn parse(name: &str, page: &'static str) -> Result<Playbook, PlaybookError> 
     let len = page[start..]
         .find("\n```")
         .ok_or_else(|| PlaybookError::NoBlock(name.to_owned()))?;
-    let mut playbook: Playbook =
+    let playbook: Playbook =
         toml::from_str(&page[start..start + len]).map_err(|source| PlaybookError::Toml {
             name: name.to_owned(),
             source,
@@ -140,7 +147,6 @@ pub fn parse(name: &str, page: &'static str) -> Result<Playbook, PlaybookError> 
             });
         }
     }
-    playbook.page = page;
     Ok(playbook)
 }
 
