@@ -53,6 +53,10 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// Longest chain of typedefs, qualifiers and arrays, and deepest nesting of
+/// anonymous members, followed before the BTF counts as malformed (a loop).
+const MAX_CHAIN: u32 = 32;
+
 /// One type record: where it starts in the type section, and its decoded header.
 #[derive(Clone, Copy)]
 struct TypeRec {
@@ -184,31 +188,49 @@ impl Btf {
             .ok_or(BtfError::Malformed("type id out of range"))
     }
 
-    /// Size in bytes of a type, through typedefs and qualifiers.
+    /// Size in bytes of a type, through typedefs, qualifiers and arrays (of arrays).
     fn size_of(&self, mut id: u32) -> Result<u32, BtfError> {
-        for _ in 0..32 {
+        // Elements of all the arrays passed through so far.
+        let mut count: u32 = 1;
+        for _ in 0..MAX_CHAIN {
             let rec = self.rec(id)?;
-            match rec.kind {
+            let size = match rec.kind {
                 KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
-                    return Ok(rec.size_or_type)
+                    rec.size_or_type
                 }
-                KIND_PTR => return Ok(8),
+                KIND_PTR => 8,
                 KIND_ARRAY => {
-                    let elem = u32_at(&self.type_section, rec.data)?;
                     let n = u32_at(&self.type_section, rec.data + 8)?;
-                    return Ok(self.size_of(elem)? * n);
+                    count = count
+                        .checked_mul(n)
+                        .ok_or(BtfError::Malformed("array larger than 4 GiB"))?;
+                    id = u32_at(&self.type_section, rec.data)?;
+                    continue;
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = rec.size_or_type
+                    id = rec.size_or_type;
+                    continue;
                 }
                 _ => return Err(BtfError::Malformed("type without a size")),
-            }
+            };
+            return size
+                .checked_mul(count)
+                .ok_or(BtfError::Malformed("array larger than 4 GiB"));
         }
         Err(BtfError::Malformed("type chain too long"))
     }
 
     /// Finds `member` in struct or union `id`, descending into anonymous members.
     fn find(&self, id: u32, member: &str) -> Result<Option<Member>, BtfError> {
+        self.find_nested(id, member, 0)
+    }
+
+    /// [`Self::find`] at `depth` anonymous members down: bounded, as a struct that
+    /// contains itself would otherwise recurse without end.
+    fn find_nested(&self, id: u32, member: &str, depth: u32) -> Result<Option<Member>, BtfError> {
+        if depth >= MAX_CHAIN {
+            return Err(BtfError::Malformed("anonymous members nested too deep"));
+        }
         let rec = self.rec(id)?;
         if rec.kind != KIND_STRUCT && rec.kind != KIND_UNION {
             return Ok(None);
@@ -224,9 +246,12 @@ impl Btf {
                 (raw, 0)
             };
             if name_off == 0 {
-                if let Some(inner) = self.find(self.strip(type_id)?, member)? {
+                if let Some(inner) = self.find_nested(self.strip(type_id)?, member, depth + 1)? {
+                    let offset = (bit_offset / 8)
+                        .checked_add(inner.offset)
+                        .ok_or(BtfError::Malformed("member offset beyond 4 GiB"))?;
                     return Ok(Some(Member {
-                        offset: bit_offset / 8 + inner.offset,
+                        offset,
                         size: inner.size,
                     }));
                 }
@@ -245,7 +270,7 @@ impl Btf {
 
     /// Follows typedefs and qualifiers to the underlying type.
     fn strip(&self, mut id: u32) -> Result<u32, BtfError> {
-        for _ in 0..32 {
+        for _ in 0..MAX_CHAIN {
             let rec = self.rec(id)?;
             match rec.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
@@ -384,6 +409,71 @@ mod tests {
             Err(BtfError::NoMember { .. })
         ));
         assert!(matches!(btf.member("t", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    /// BTF of `types` (the words of the type section), with the strings `int`, `s`
+    /// and `a` at offsets 1, 5 and 7.
+    fn encode(types: &[u32]) -> Vec<u8> {
+        let strings = b"\0int\0s\0a\0";
+        let len = 4 * types.len() as u32;
+        let header = [0xeb9f_u32 | 1 << 16, 24, 0, len, len, strings.len() as u32];
+        let words = header.iter().chain(types).flat_map(|w| w.to_le_bytes());
+        words.chain(strings.iter().copied()).collect()
+    }
+
+    /// Type 1: `int`.
+    const INT: [u32; 4] = [1, KIND_INT << 24, 4, 32];
+
+    /// Type 2: `int[n]`; type 3: `struct s { int a[n][m]; }`.
+    fn array_member(n: u32, m: u32) -> Vec<u32> {
+        let mut t = INT.to_vec();
+        t.extend([0, KIND_ARRAY << 24, 0, 1, 1, n]);
+        t.extend([0, KIND_ARRAY << 24, 0, 2, 1, m]);
+        t.extend([5, KIND_STRUCT << 24 | 1, 0, 7, 3, 0]);
+        t
+    }
+
+    #[test]
+    fn arrays_of_arrays_and_their_overflow() {
+        let btf = Btf::parse(&encode(&array_member(3, 2))).unwrap();
+        assert_eq!(
+            btf.member("s", "a").unwrap(),
+            Member {
+                offset: 0,
+                size: 24
+            }
+        );
+        // Found by the btf fuzz target: 4 GiB of ints overflowed the size's `*`.
+        let btf = Btf::parse(&encode(&array_member(1 << 15, 1 << 15))).unwrap();
+        assert!(matches!(btf.member("s", "a"), Err(BtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn loops_in_types_are_malformed_not_endless() {
+        // 2: an array of itself; 3: struct s { <2> a; }
+        let mut t = INT.to_vec();
+        t.extend([0, KIND_ARRAY << 24, 0, 2, 1, 1]);
+        t.extend([5, KIND_STRUCT << 24 | 1, 0, 7, 2, 0]);
+        let btf = Btf::parse(&encode(&t)).unwrap();
+        assert!(matches!(btf.member("s", "a"), Err(BtfError::Malformed(_))));
+        // 2: struct s { struct s; }: an anonymous member of its own type.
+        let mut t = INT.to_vec();
+        t.extend([5, KIND_STRUCT << 24 | 1, 4, 0, 2, 0]);
+        let btf = Btf::parse(&encode(&t)).unwrap();
+        assert!(matches!(btf.member("s", "a"), Err(BtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn member_offsets_beyond_4_gib_are_malformed() {
+        // 2: struct s { <3> at 512 MiB }, 3: { <4> at 512 MiB }, ... 11: { int a; }
+        let mut t = INT.to_vec();
+        for id in 2..11 {
+            let name = if id == 2 { 5 } else { 0 };
+            t.extend([name, KIND_STRUCT << 24 | 1, 0, 0, id + 1, 0xffff_fff8]);
+        }
+        t.extend([0, KIND_STRUCT << 24 | 1, 4, 7, 1, 0]);
+        let btf = Btf::parse(&encode(&t)).unwrap();
+        assert!(matches!(btf.member("s", "a"), Err(BtfError::Malformed(_))));
     }
 
     #[test]

@@ -126,12 +126,18 @@ pub fn parse_diskstats(
             return Err(format!("{name}: {} fields, expected at least 13", f.len()));
         }
         let n = |i: usize| number(f[i]).map_err(|e| format!("{name}: {e}"));
+        // A sector count whose bytes do not fit in a u64 is no real count.
+        let bytes = |i: usize| {
+            n(i)?
+                .checked_mul(512)
+                .ok_or_else(|| format!("{name}: {} sectors is out of range", f[i]))
+        };
         disks.push(Disk {
             name: name.to_owned(),
             read_ops: n(3)?,
-            read_bytes: n(5)? * 512,
+            read_bytes: bytes(5)?,
             write_ops: n(7)?,
-            write_bytes: n(9)? * 512,
+            write_bytes: bytes(9)?,
             busy_ms: n(12)?,
         });
     }
@@ -382,6 +388,16 @@ mod tests {
         );
         assert_eq!(disks[0].busy_ms, 74_276);
         assert!(parse_diskstats(" 8 0 sda 1 2\n", |_| true).is_err());
+    }
+
+    #[test]
+    fn diskstats_sectors_beyond_u64_bytes_are_an_error() {
+        // Found by the host_diskstats fuzz target: 2^55 sectors overflowed `* 512`.
+        let line = |sectors: u64| format!(" 8 0 sda 1 0 {sectors} 0 2 0 {sectors} 0 0 0 0\n");
+        let disks = parse_diskstats(&line(u64::MAX / 512), |_| true).unwrap();
+        assert_eq!(disks[0].read_bytes, u64::MAX / 512 * 512);
+        let err = parse_diskstats(&line(u64::MAX / 512 + 1), |_| true).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]
