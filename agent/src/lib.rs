@@ -16,6 +16,7 @@ pub mod probes;
 pub mod sample;
 pub mod sampler;
 pub mod table;
+pub mod text;
 pub mod top;
 pub mod window;
 

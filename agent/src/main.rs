@@ -25,7 +25,7 @@ use cgscope::{
     playbook,
     sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
-    table, top,
+    table, text, top,
 };
 use clap::{Parser, Subcommand};
 
@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format(log_line)
         .init();
     let result = match cli.command {
         Command::Check(config) => return check_command(&config),
@@ -83,10 +84,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cgscope: {e:#}");
+            eprintln!("cgscope: {}", text::escape_lines(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// env_logger's line with the message [escaped](text::escape_lines): messages carry
+/// cgroup paths and names that containers chose.
+fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let style = buf.default_level_style(record.level());
+    writeln!(
+        buf,
+        "[{} {style}{:<5}{style:#} {}] {}",
+        buf.timestamp(),
+        record.level(),
+        record.target(),
+        text::escape_lines(&record.args().to_string())
+    )
 }
 
 fn check_command(config: &CheckConfig) -> ExitCode {
@@ -170,8 +186,8 @@ fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
             }
             let report = playbook::run::evaluate(&playbook, &snapshot, &targets);
             match config.format {
-                ReportFormat::Text => print!("{}", report.text(false)),
-                ReportFormat::Markdown => print!("{}", report.text(true)),
+                ReportFormat::Text => print!("{}", report.text()),
+                ReportFormat::Markdown => print!("{}", report.markdown()),
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
         }

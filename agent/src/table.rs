@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::sample::{CgroupSample, Snapshot};
+use crate::{
+    sample::{CgroupSample, Snapshot},
+    text::Escaped,
+};
 
 /// A duration in seconds with a unit that keeps three significant digits.
 pub fn duration(seconds: f64) -> String {
@@ -19,7 +22,8 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
-/// One line per cgroup, the longest run-queue waits first.
+/// One line per cgroup, the longest run-queue waits first. Paths and container
+/// names are [escaped](crate::text).
 pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -84,13 +88,13 @@ pub fn render(snapshot: &Snapshot) -> String {
             .container
             .as_ref()
             .and_then(|k| k.name.as_deref())
-            .map(|n| format!(" ({n})"))
+            .map(|n| format!(" ({})", Escaped(n)))
             .unwrap_or_default();
         let removed = if c.removed { " (removed)" } else { "" };
         let _ = writeln!(
             out,
             "{cpu:>6} {limit:>6} {throttled:>9} {mem:>9} {count:>7} {sum:>9} {p50:>9} {p99:>9}  {kind:<9} {}{name}{removed}",
-            c.path
+            Escaped(&c.path)
         );
     }
     out
@@ -115,6 +119,28 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::duration;
+    use crate::{
+        export::store::tests::{cgroup, snapshot},
+        sample::ContainerSample,
+    };
+
+    #[test]
+    fn names_are_escaped() {
+        let mut c = cgroup(1, 1.0, &[1_000_000]);
+        c.path = "/x\x1b]0;pwned\x07\u{202e}".into();
+        c.container = Some(ContainerSample {
+            name: Some("web\x1b[2J".into()),
+            ..Default::default()
+        });
+        let table = super::render(&snapshot(1.0, vec![c]));
+        assert!(
+            table.contains(r"/x\x1b]0;pwned\x07\u{202e} (web\x1b[2J)"),
+            "{table}"
+        );
+        assert!(!table
+            .chars()
+            .any(|c| c != '\n' && crate::text::is_escaped(c)));
+    }
 
     #[test]
     fn byte_units() {

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     cgroup::{identity::CgroupKind, tree::under},
     sample::{CgroupSample, Snapshot},
+    text::{escape, markdown_cell, markdown_code, shell_word, Escaped},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -130,12 +131,15 @@ fn label(c: &CgroupSample) -> Option<String> {
     c.container.as_ref().and_then(|m| m.name.clone())
 }
 
-/// What to put for `{target}` in the next command.
+/// What to put for `{target}` in the next command: the container id, else the
+/// path, as one shell word (the path is the container's choice).
 fn selector_of(c: &CgroupSample) -> String {
-    c.container
+    let selector = c
+        .container
         .as_ref()
-        .and_then(|m| m.id.clone())
-        .unwrap_or_else(|| c.path.clone())
+        .and_then(|m| m.id.as_deref())
+        .unwrap_or(&c.path);
+    shell_word(selector).into_owned()
 }
 
 /// The parent of a cgroup path (`None` for the root).
@@ -314,47 +318,75 @@ fn prefixed(v: &Option<String>, before: &str, after: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Who a line is about in text: the name (if any) and the path, escaped.
+fn who(name: &Option<String>, path: &str) -> String {
+    match name {
+        Some(n) => format!("{} {}", Escaped(n), Escaped(path)),
+        None => escape(path).into_owned(),
+    }
+}
+
+/// Who a line is about in Markdown: the name (if any) and the path, code spans.
+fn md_who(name: &Option<String>, path: &str, span: fn(&str) -> String) -> String {
+    match name {
+        Some(n) => format!("{} {}", span(n), span(path)),
+        None => span(path),
+    }
+}
+
+fn severity(s: Severity) -> String {
+    format!("{s:?}").to_uppercase()
+}
+
 impl Report {
-    pub fn text(&self, markdown: bool) -> String {
+    /// The report as plain text. Names, paths and device names are
+    /// [escaped](crate::text); `{target}` in a next command is a shell word.
+    pub fn text(&self) -> String {
         let mut out = String::new();
-        let (h, b) = if markdown { ("## ", "**") } else { ("", "") };
         let _ = writeln!(
             out,
-            "{h}{}: {} ({} cgroups, {:.1}s window)",
+            "{}: {} ({} cgroups, {:.1}s window)",
             self.playbook, self.summary, self.examined, self.window_seconds
         );
         if self.findings.is_empty() {
             let _ = writeln!(out, "\nNo finding: every check stayed under its threshold.");
         }
         for f in &self.findings {
-            let who = prefixed(&f.name, "", " ");
-            let severity = format!("{:?}", f.severity).to_uppercase();
-            let _ = writeln!(out, "\n{b}{severity}{b} {who}{}: {}", f.path, f.finding);
-            let _ = writeln!(out, "  evidence: {}", f.evidence);
+            let _ = writeln!(
+                out,
+                "\n{} {}: {}",
+                severity(f.severity),
+                who(&f.name, &f.path),
+                f.finding
+            );
+            let _ = writeln!(out, "  evidence: {}", Escaped(&f.evidence));
             for n in &f.neighbours {
-                let who = prefixed(&n.name, "", " ");
                 let _ = writeln!(
                     out,
-                    "  neighbour: {who}{} used {:.2} CPUs",
-                    n.path, n.cpu_cores
+                    "  neighbour: {} used {:.2} CPUs",
+                    who(&n.name, &n.path),
+                    n.cpu_cores
                 );
             }
             let _ = writeln!(out, "  means: {}", f.means);
-            let _ = writeln!(out, "  next: {}", f.next);
+            let _ = writeln!(out, "  next: {}", Escaped(&f.next));
         }
         if !self.readings.is_empty() {
-            let _ = writeln!(out, "\n{h}Readings, highest first");
+            let _ = writeln!(out, "\nReadings, highest first");
             for r in &self.readings {
                 let headroom = r
                     .headroom
                     .map(|h| format!("headroom {:.1}%", h * 100.0))
                     .unwrap_or_default();
                 let on = prefixed(&r.on, " on ", "");
-                let who = prefixed(&r.name, "", " ");
                 let _ = writeln!(
                     out,
-                    "  {:<24} {:>9} {:<16} {who}{}{on}",
-                    r.measure, r.shown, headroom, r.path
+                    "  {:<24} {:>9} {:<16} {}{}",
+                    r.measure,
+                    r.shown,
+                    headroom,
+                    who(&r.name, &r.path),
+                    Escaped(&on)
                 );
             }
         }
@@ -362,5 +394,164 @@ impl Report {
             let _ = writeln!(out, "\nnot evaluated, no data: {n}");
         }
         out
+    }
+
+    /// The report as Markdown (CommonMark, with a GitHub table for the readings).
+    /// Names and paths are code spans, so no name is read as Markdown or HTML nor
+    /// breaks the table; next commands are code spans too.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## {}: {} ({} cgroups, {:.1}s window)",
+            self.playbook, self.summary, self.examined, self.window_seconds
+        );
+        if self.findings.is_empty() {
+            let _ = writeln!(out, "\nNo finding: every check stayed under its threshold.");
+        } else {
+            out.push('\n');
+        }
+        for f in &self.findings {
+            let _ = writeln!(
+                out,
+                "- **{}** {}: {}",
+                severity(f.severity),
+                md_who(&f.name, &f.path, markdown_code),
+                f.finding
+            );
+            let _ = writeln!(out, "  - evidence: {}", Escaped(&f.evidence));
+            for n in &f.neighbours {
+                let _ = writeln!(
+                    out,
+                    "  - neighbour: {} used {:.2} CPUs",
+                    md_who(&n.name, &n.path, markdown_code),
+                    n.cpu_cores
+                );
+            }
+            let _ = writeln!(out, "  - means: {}", f.means);
+            let _ = writeln!(out, "  - next: {}", markdown_code(&f.next));
+        }
+        if !self.readings.is_empty() {
+            let _ = writeln!(out, "\n## Readings, highest first\n");
+            let _ = writeln!(out, "| measure | value | headroom | cgroup | on |");
+            let _ = writeln!(out, "|---|--:|--:|---|---|");
+            for r in &self.readings {
+                let headroom = r
+                    .headroom
+                    .map(|h| format!("{:.1}%", h * 100.0))
+                    .unwrap_or_default();
+                let on = r.on.as_deref().map(markdown_cell).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {headroom} | {} | {on} |",
+                    r.measure,
+                    r.shown,
+                    md_who(&r.name, &r.path, markdown_cell)
+                );
+            }
+        }
+        if !self.no_data.is_empty() {
+            let _ = writeln!(out, "\nNot evaluated, no data:\n");
+            for n in &self.no_data {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "/t/\x1b]0;pwned\x07\u{202e}|`x`<b>";
+
+    fn report() -> Report {
+        let finding = Finding {
+            severity: Severity::Critical,
+            path: HOSTILE.into(),
+            name: Some("web\x1b[2J".into()),
+            finding: "waits for a CPU".into(),
+            measure: "cpu.runq_wait".into(),
+            value: 1.0,
+            on: None,
+            evidence: "cpu.runq_wait 1.00 ≥ 0.50 (time runnable tasks waited)".into(),
+            means: "m".into(),
+            next: format!("cgscope snapshot --cgroup {}", shell_word(HOSTILE)),
+            neighbours: vec![Neighbour {
+                path: "/n\u{9b}2J".into(),
+                name: None,
+                cpu_cores: 1.0,
+            }],
+        };
+        Report {
+            playbook: "triage".into(),
+            summary: "s".into(),
+            window_seconds: 1.0,
+            examined: 2,
+            no_data: Vec::new(),
+            findings: vec![finding],
+            readings: vec![Reading {
+                path: HOSTILE.into(),
+                name: Some("a|b".into()),
+                measure: "cpu.usage".into(),
+                value: 0.5,
+                on: Some("sda\x1b".into()),
+                shown: "50%".into(),
+                headroom: Some(0.5),
+            }],
+        }
+    }
+
+    fn printable(s: &str) -> bool {
+        !s.chars().any(|c| c != '\n' && crate::text::is_escaped(c))
+    }
+
+    #[test]
+    fn text_escapes_every_name() {
+        let t = report().text();
+        assert!(printable(&t), "{t}");
+        assert!(
+            t.contains(r"CRITICAL web\x1b[2J /t/\x1b]0;pwned\x07\u{202e}|`x`<b>: waits"),
+            "{t}"
+        );
+        assert!(t.contains(r"neighbour: /n\u{009b}2J used"), "{t}");
+        assert!(t.contains(r"on sda\x1b"), "{t}");
+        assert!(
+            t.contains(
+                r"next: cgscope snapshot --cgroup $'/t/\x1b]0;pwned\x07\xe2\x80\xae|`x`<b>'"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn markdown_keeps_names_in_code_spans_and_cells() {
+        let md = report().markdown();
+        assert!(printable(&md), "{md}");
+        let path = r"``/t/\x1b]0;pwned\x07\u{202e}|`x`<b>``";
+        assert!(
+            md.contains(&format!("- **CRITICAL** `web\\x1b[2J` {path}: waits")),
+            "{md}"
+        );
+        // A table row has its six cell borders; the name's pipes are escaped.
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| cpu.usage"))
+            .expect(&md);
+        let borders = row
+            .match_indices('|')
+            .filter(|(i, _)| !row[..*i].ends_with('\\'));
+        assert_eq!(borders.count(), 6, "{row}");
+        assert!(row.contains(r"`a\|b` "), "{row}");
+        assert!(row.contains(r"`sda\x1b`"), "{row}");
+    }
+
+    #[test]
+    fn the_next_command_selects_by_a_shell_word() {
+        let mut c = CgroupSample::bare("/a b;reboot", 7, CgroupKind::Other);
+        assert_eq!(selector_of(&c), "'/a b;reboot'");
+        c.path = "/plain".into();
+        assert_eq!(selector_of(&c), "/plain");
     }
 }

@@ -16,6 +16,7 @@ use crate::{
         run::targets,
     },
     sample::{CgroupSample, Snapshot},
+    text::escape,
 };
 
 /// A column: a title and the measure it shows.
@@ -147,7 +148,7 @@ fn measure_of(c: &Column) -> &'static Measure {
 }
 
 /// The name a row shows: namespace/pod[/container] for Kubernetes, the container's
-/// name, else the cgroup path.
+/// name, else the cgroup path. Exact: [`line`] escapes it.
 pub fn display_name(c: &CgroupSample) -> String {
     let Some(m) = &c.container else {
         return c.path.clone();
@@ -263,9 +264,10 @@ pub fn header(sort: Sort) -> String {
     out
 }
 
-/// One row as a line of the table.
+/// One row as a line of the table; the name [escaped](crate::text), its start cut
+/// if it is too long.
 pub fn line(row: &Row) -> String {
-    let mut name = row.name.clone();
+    let mut name = escape(&row.name).into_owned();
     if name.chars().count() > NAME_WIDTH {
         let tail: String = name.chars().rev().take(NAME_WIDTH - 1).collect();
         name = format!("…{}", tail.chars().rev().collect::<String>());
@@ -332,7 +334,7 @@ pub fn histograms(c: &CgroupSample, width: usize) -> Vec<String> {
     };
     add("run-queue latency".into(), c.cpu.runq_latency.as_ref());
     for d in c.io.iter().flat_map(|io| &io.devices) {
-        let name = d.name.as_deref().unwrap_or(&d.device);
+        let name = escape(d.name.as_deref().unwrap_or(&d.device));
         if let Some(l) = &d.latency {
             add(format!("{name} read latency"), Some(&l.read));
             add(format!("{name} write latency"), Some(&l.write));
@@ -405,6 +407,19 @@ mod tests {
         let t = text(&snap, false, Sort::by("cpu").unwrap());
         assert!(t.lines().nth(1).unwrap().contains("CPU▼"));
         assert_eq!(t.lines().count(), rows.len() + 2);
+    }
+
+    #[test]
+    fn names_are_escaped_before_they_are_cut() {
+        let mut c = cgroup(1, 1.0, &[1_000_000]);
+        c.path = "/t/\x1b]0;pwned\x07".into();
+        let long = format!("/t/{}\u{202e}end", "x".repeat(NAME_WIDTH));
+        let mut d = cgroup(2, 1.0, &[1_000_000]);
+        d.path = long;
+        let t = text(&snapshot(1.0, vec![c, d]), false, Sort::by("name").unwrap());
+        assert!(t.contains(r"/t/\x1b]0;pwned\x07 "), "{t}");
+        assert!(t.contains(r"\u{202e}end "), "{t}");
+        assert!(!t.chars().any(|c| c != '\n' && crate::text::is_escaped(c)));
     }
 
     #[test]

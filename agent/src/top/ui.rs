@@ -20,6 +20,7 @@ use super::{header, histograms, line, rows, summary, Sort, COLUMNS};
 use crate::{
     sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
+    text::{escape, Escaped},
 };
 
 enum Message {
@@ -270,11 +271,19 @@ impl App {
         };
         let c = row.cgroup;
         let mut lines = vec![
-            format!("{}", row.name),
-            format!("cgroup {}  id {}  kind {:?}", c.path, c.id, c.kind),
+            escape(&row.name).into_owned(),
+            format!(
+                "cgroup {}  id {}  kind {:?}",
+                Escaped(&c.path),
+                c.id,
+                c.kind
+            ),
         ];
         if let Some(m) = &c.container {
-            let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            let v = |v: &Option<String>| {
+                v.as_deref()
+                    .map_or_else(|| "-".into(), |v| escape(v).into_owned())
+            };
             lines.push(format!(
                 "container {}  image {}  pod {}  namespace {}",
                 v(&m.id),
