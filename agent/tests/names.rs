@@ -38,6 +38,8 @@ const NAMES: &[(&str, &str)] = &[
         "zw\u{200b}\u{feff}\u{2066}x",
         r"zw\u{200b}\u{feff}\u{2066}x",
     ),
+    // Printable, left as it is in text; escaped by Prometheus' own rules.
+    ("q\"uote\\x2d", r#"q"uote\x2d"#),
 ];
 
 /// Whether `s` has a character that is not ordinary printable text: a control other

@@ -202,6 +202,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn label_values_escape_what_the_format_requires_and_nothing_else() {
+        let mut out = String::new();
+        escape("a\\b\"c\nd\x1b]0;t\x07\u{202e}", &mut out);
+        // Text format 0.0.4: backslash, double quote and line feed; any other UTF-8
+        // is a valid label value, kept exact.
+        assert_eq!(out, "a\\\\b\\\"c\\nd\x1b]0;t\x07\u{202e}");
+    }
+
+    #[test]
     fn names_follow_the_otel_rules() {
         assert_eq!(
             name(&catalogue::CPU_TIME),
