@@ -5,8 +5,10 @@ use crate::histogram::Histogram;
 /// Default capacity of `TCP_STATS`: (cgroup, netns) pairs.
 pub const DEFAULT_MAX_KEYS: u32 = 4_096;
 /// Capacity of `TCP_CONNECTING` (active opens in SYN-SENT) and `TCP_RTT_SAMPLED`
-/// (sockets by the time of their last RTT sample). LRU: a socket freed without the
-/// state change that would remove it is evicted, not kept.
+/// (sockets by the time of their last RTT sample). Entries are keyed by the socket's
+/// address and deleted when the socket closes (the kernel frees a TCP socket only in
+/// `TCP_CLOSE`), so that the next socket at the same address starts afresh; LRU as a
+/// backstop: an entry whose deletion was missed is evicted, not kept.
 pub const MAX_SOCKETS: u32 = 16_384;
 /// RTT sample policy: at most one sample of a socket's smoothed RTT per this
 /// interval, taken when a segment arrives on it (see `agent-ebpf/src/tcp.rs`).
@@ -31,7 +33,17 @@ pub mod event {
     /// An established connection whose SYN-SENT start was not seen (opened before
     /// the probe attached, or evicted): no connect latency for it.
     pub const CONNECT_START_MISSING: u32 = 2;
-    pub const SLOTS: u32 = 3;
+    /// An event (a reset sent) for a time-wait socket: a `inet_timewait_sock`, which
+    /// keeps no cgroup, so the event is not attributed to any (kernels 6.10+ trace
+    /// `tcp_send_reset` for them).
+    pub const UNATTRIBUTED_TIME_WAIT: u32 = 3;
+    /// An event for a request socket (a connection in SYN-RECV before it has a full
+    /// socket), which keeps no cgroup either. (6.1-6.18 send the resets of such a
+    /// connection with its listener, a full socket, which is attributed.)
+    pub const UNATTRIBUTED_REQUEST: u32 = 4;
+    /// A reset sent for no socket (a segment to a closed port; kernels 6.10+).
+    pub const UNATTRIBUTED_NO_SOCKET: u32 = 5;
+    pub const SLOTS: u32 = 6;
 }
 
 /// Key of `TCP_STATS`.
@@ -95,7 +107,10 @@ pub struct TcpConfig {
     pub sock_cgroup: u32,
     /// `tcp_sock.srtt_us` (u32, smoothed RTT in µs << 3)
     pub tcp_srtt_us: u32,
-    pub _pad: u32,
+    /// `sock_common.skc_state` (u8): tells full sockets from the smaller time-wait
+    /// (`TCP_TIME_WAIT`) and request (`TCP_NEW_SYN_RECV`) sockets, which share only
+    /// `sock_common` with them.
+    pub sock_state: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TcpConfig>() == 24);

@@ -3,16 +3,27 @@
 //! through tp_btf only (no kprobes, no trampolines):
 //! - `inet_sock_set_state(sk, oldstate, newstate)`: CLOSE → SYN-SENT starts a
 //!   connect, SYN-SENT → ESTABLISHED ends it (its latency), SYN-SENT → CLOSE fails it.
+//!   Any state → CLOSE also deletes what is kept here for the socket: the kernel
+//!   frees a TCP socket only in CLOSE, and the next socket allocated at its address
+//!   must not find its entries (it would lose its first RTT sample to the "sampled
+//!   less than a second ago" of the dead one).
 //! - `tcp_probe(sk, skb)`: every segment received on an established socket. RTT
-//!   sample policy: one sample of `srtt` per socket per second. Sampling every
+//!   sample policy: one sample of `srtt` per socket per second, the first at the
+//!   socket's first segment that finds an RTT measured. Sampling every
 //!   segment would weight connections by their packet rate (one bulk transfer
 //!   would be the whole histogram) and cost a histogram update per packet; per
 //!   socket and interval, each connection counts by how long it lives, and a packet
 //!   costs one hash lookup and a read of `jiffies`: the clock is read once per
 //!   socket and tick, not per packet (measured here: 180-210 → 130-150 ns per
 //!   segment on iperf3).
-//! - `tcp_retransmit_skb(sk, skb, ...)`, `tcp_send_reset(sk, skb, ...)` (`sk` may be
-//!   NULL: a reset for no socket is not attributed), `tcp_receive_reset(sk)`.
+//! - `tcp_retransmit_skb(sk, skb, ...)`, `tcp_send_reset(sk, skb, ...)`,
+//!   `tcp_receive_reset(sk)`. Since 6.10 `tcp_send_reset` also passes no socket (a
+//!   segment to a closed port), a time-wait socket or a request socket: only full
+//!   sockets carry a cgroup (`sk_cgrp_data` lies past the end of the other two), so
+//!   the socket's kind is read first (`skc_state`, in the `sock_common` all three
+//!   share) and the events of the others are counted as unattributed ([`event`]).
+//!   (The resets of a connection in SYN-RECV come with its listener, a full socket,
+//!   on 6.1-6.18.)
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -35,6 +46,11 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+/// `skc_state` of an `inet_timewait_sock` (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = 6;
+/// `skc_state` of a `request_sock`: a connection in SYN-RECV before it has a full
+/// socket (include/net/tcp_states.h, since 4.4).
+const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[unsafe(no_mangle)]
 static TCP_CONFIG: TcpConfig = TcpConfig {
@@ -43,7 +59,7 @@ static TCP_CONFIG: TcpConfig = TcpConfig {
     net_inum: 0,
     sock_cgroup: 0,
     tcp_srtt_us: 0,
-    _pad: 0,
+    sock_state: 0,
 };
 
 #[inline(always)]
@@ -61,11 +77,12 @@ static TCP_STATS: HashMap<TcpKey, TcpStats> =
 #[map]
 static TCP_ZERO: Array<TcpStats> = Array::with_max_entries(1, 0);
 
-/// Active opens in SYN-SENT: when they started, by socket.
+/// Active opens in SYN-SENT: when they started, by socket; deleted when the socket
+/// leaves SYN-SENT.
 #[map]
 static TCP_CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// When each socket's RTT was last sampled.
+/// When each socket's RTT was last sampled; deleted when the socket closes.
 #[map]
 static TCP_RTT_SAMPLED: LruHashMap<u64, RttSampled> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
@@ -81,31 +98,38 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let key = sk as u64;
+    // The connect that started at this socket's CLOSE → SYN-SENT, if it was seen;
+    // taken out whatever SYN-SENT leads to (also SYN-RECV: a simultaneous open).
+    let started = if old == TCP_SYN_SENT {
+        // SAFETY: the value is copied out before the entry is removed.
+        let started = unsafe { TCP_CONNECTING.get(&key) }.copied();
+        let _ = TCP_CONNECTING.remove(&key);
+        started
+    } else {
+        None
+    };
     match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => {
             // LRU: never full; the oldest stale entry makes room.
             let _ = TCP_CONNECTING.insert(&key, &now_ns(), 0);
         }
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
-            // SAFETY: the value is copied out before the entry is removed.
-            let started = unsafe { TCP_CONNECTING.get(&key) }.copied();
-            let _ = TCP_CONNECTING.remove(&key);
-            match (started, stats(sk, &cfg)) {
-                (Some(started), Some(stats)) => {
-                    // SAFETY: a live shared map value, updated atomically only.
-                    unsafe {
-                        record_shared(&raw mut (*stats).connect, now_ns().saturating_sub(started))
-                    };
-                }
-                (None, _) => count(event::CONNECT_START_MISSING),
-                _ => {}
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => match (started, stats(sk, &cfg)) {
+            (Some(started), Some(stats)) => {
+                // SAFETY: a live shared map value, updated atomically only.
+                unsafe {
+                    record_shared(&raw mut (*stats).connect, now_ns().saturating_sub(started))
+                };
             }
-        }
-        (TCP_SYN_SENT, TCP_CLOSE) => {
-            let _ = TCP_CONNECTING.remove(&key);
-            if let Some(stats) = stats(sk, &cfg) {
-                // SAFETY: as above.
-                unsafe { atomic_add_u64(&raw mut (*stats).connect_failures, 1) };
+            (None, _) => count(event::CONNECT_START_MISSING),
+            _ => {}
+        },
+        (_, TCP_CLOSE) => {
+            let _ = TCP_RTT_SAMPLED.remove(&key);
+            if old == TCP_SYN_SENT {
+                if let Some(stats) = stats(sk, &cfg) {
+                    // SAFETY: as above.
+                    unsafe { atomic_add_u64(&raw mut (*stats).connect_failures, 1) };
+                }
             }
         }
         _ => {}
@@ -119,7 +143,8 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     let key = sk as u64;
     // SAFETY: helper without preconditions (reads jiffies_64).
     let jiffies = unsafe { bpf_jiffies64() };
-    match TCP_RTT_SAMPLED.get_ptr_mut(&key) {
+    let last = TCP_RTT_SAMPLED.get_ptr_mut(&key);
+    let now = match last {
         Some(last) => {
             // SAFETY: a live map value of this socket; segments of one socket are
             // processed under its lock, one at a time.
@@ -132,16 +157,10 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
             if now.saturating_sub(last.sampled_ns) < RTT_SAMPLE_INTERVAL_NS {
                 return 0;
             }
-            last.sampled_ns = now;
+            now
         }
-        None => {
-            let first = RttSampled {
-                sampled_ns: now_ns(),
-                checked_jiffies: jiffies,
-            };
-            let _ = TCP_RTT_SAMPLED.insert(&key, &first, 0);
-        }
-    }
+        None => now_ns(),
+    };
     let cfg = config();
     // SAFETY: the helper checks the socket type; NULL if it is not a tcp_sock.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
@@ -150,11 +169,25 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     }
     let srtt_us = u64::from(load::<u32>(tp, cfg.tcp_srtt_us) >> 3);
     if srtt_us == 0 {
-        return 0; // no RTT measured yet
+        // No RTT measured yet: the socket's first sample is still to come (not
+        // marked as sampled).
+        return 0;
     }
     if let Some(stats) = stats(sk, &cfg) {
         // SAFETY: a live shared map value, updated atomically only.
         unsafe { record_shared(&raw mut (*stats).rtt, srtt_us * 1000) };
+    }
+    match last {
+        // SAFETY: as above; the entry is this socket's.
+        Some(last) => unsafe { (*last).sampled_ns = now },
+        None => {
+            let first = RttSampled {
+                sampled_ns: now,
+                checked_jiffies: jiffies,
+            };
+            // LRU: never full; the oldest entry makes room.
+            let _ = TCP_RTT_SAMPLED.insert(&key, &first, 0);
+        }
     }
     0
 }
@@ -177,19 +210,39 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Adds one to the counter `field` selects in `sk`'s entry; nothing for no socket.
+/// Adds one to the counter `field` selects in `sk`'s entry; an event of a socket
+/// without a cgroup is counted as unattributed instead.
 #[inline(always)]
 fn add(sk: *const u8, field: impl FnOnce(&mut TcpStats) -> *mut u64) {
-    if sk.is_null() {
-        return;
-    }
-    if let Some(stats) = stats(sk, &config()) {
+    let cfg = config();
+    let owner = match full_socket(sk, &cfg) {
+        Ok(owner) => owner,
+        Err(slot) => return count(slot),
+    };
+    if let Some(stats) = stats(owner, &cfg) {
         // SAFETY: a live shared map value, its counters updated atomically only.
         unsafe { atomic_add_u64(field(&mut *stats), 1) };
     }
 }
 
+/// `sk` if it is a full socket, the only kind that carries a cgroup; else the
+/// [`event`] slot that counts it as unattributed: no socket, a time-wait socket, a
+/// request socket. Reads only `skc_state` from `sk` before it knows `sk` is a full
+/// `struct sock`.
+#[inline(always)]
+fn full_socket(sk: *const u8, cfg: &TcpConfig) -> Result<*const u8, u32> {
+    if sk.is_null() {
+        return Err(event::UNATTRIBUTED_NO_SOCKET);
+    }
+    match load::<u8>(sk, cfg.sock_state) {
+        TCP_TIME_WAIT => Err(event::UNATTRIBUTED_TIME_WAIT),
+        TCP_NEW_SYN_RECV => Err(event::UNATTRIBUTED_REQUEST),
+        _ => Ok(sk),
+    }
+}
+
 /// The entry of `sk`'s (cgroup, netns), created if needed; `None` if the map is full.
+/// `sk` must be a full socket (see [`full_socket`]).
 #[inline(always)]
 fn stats(sk: *const u8, cfg: &TcpConfig) -> Option<*mut TcpStats> {
     let cgroup = load::<*const u8>(sk, cfg.sock_cgroup);

@@ -5,6 +5,8 @@
 //! refused) are counted exactly, and netem loss must show up as retransmits.
 
 mod common;
+#[path = "tcp/lifecycle.rs"]
+mod lifecycle;
 
 use std::{
     io::{Read, Write},
@@ -27,7 +29,7 @@ static SERVER_IP: AtomicU32 = AtomicU32::new(0x7f00_0001);
 static SERVER_PORT: AtomicU16 = AtomicU16::new(0);
 /// A port nothing listens on (bound, then closed, by the test).
 static CLOSED_PORT: AtomicU16 = AtomicU16::new(0);
-/// Where the client reports what it measured itself (`-1`: nowhere).
+/// Where a forked child reports what it measured itself (`-1`: nowhere).
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 /// Rounds the client times (the first ones: before any loss is switched on).
 const TIMED_ROUNDS: usize = 15;
@@ -35,8 +37,8 @@ const TIMED_ROUNDS: usize = 15;
 /// The client: after 200 ms (time to be moved into its cgroup), one refused
 /// connect, then ping-pong with the server every 10 ms until the server closes.
 /// It times its own connect and its first request/response rounds, the
-/// application's view of the same path, and reports them to `REPORT_FD` as two
-/// native-endian u64 nanoseconds: connect, median round trip.
+/// application's view of the same path, and reports them ([`write_report`]) in
+/// nanoseconds: connect, median round trip.
 /// Runs in a forked child: only syscalls, no allocation.
 fn client() -> ! {
     std::thread::sleep(Duration::from_millis(200));
@@ -61,32 +63,70 @@ fn client() -> ! {
         std::thread::sleep(Duration::from_millis(10));
     }
     rounds.sort_unstable();
-    let fd = REPORT_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let mut report = [0u8; 16];
-        report[..8].copy_from_slice(&(connect.as_nanos() as u64).to_ne_bytes());
-        let median = rounds[TIMED_ROUNDS / 2].as_nanos() as u64;
-        report[8..].copy_from_slice(&median.to_ne_bytes());
-        // SAFETY: a write of our buffer to a pipe the parent made.
-        unsafe { libc::write(fd, report.as_ptr().cast(), report.len()) };
-    }
-    // SAFETY: as above.
+    write_report(&[
+        connect.as_nanos() as u64,
+        rounds[TIMED_ROUNDS / 2].as_nanos() as u64,
+    ]);
+    // SAFETY: exits the child without running the parent's destructors.
     unsafe { libc::_exit(0) }
 }
 
-/// A pipe for the client's report: (read end, write end).
+/// A pipe for a child's report: (read end, write end).
 fn report_pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
     let (read, write) = nix::unistd::pipe().expect("pipe");
     REPORT_FD.store(write.as_raw_fd(), Ordering::Relaxed);
     (std::fs::File::from(read), write)
 }
 
+/// In a forked child: writes `values` to `REPORT_FD`, native-endian, if there is
+/// one. Only syscalls, no allocation.
+fn write_report(values: &[u64]) {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    for v in values {
+        let bytes = v.to_ne_bytes();
+        // SAFETY: a write of our buffer to a pipe the parent made.
+        unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    }
+}
+
+/// In a forked child that does not report: closes its copy of the pipe's write end,
+/// so that the reader sees the end of the pipe when the reporting child exits.
+fn close_report() {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: our copy of the descriptor, not used again in this process.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// The `N` values a child reported; fails if it did not within a minute.
+fn read_exact_report<const N: usize>(pipe: std::fs::File) -> [u64; N] {
+    let mut poll = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one descriptor we own.
+    let ready = unsafe { libc::poll(&mut poll, 1, 60_000) };
+    assert_eq!(ready, 1, "no report from the child within a minute");
+    let mut bytes = [0u8; 8];
+    let mut pipe = pipe;
+    let report = std::array::from_fn(|_| {
+        pipe.read_exact(&mut bytes).expect("the child's report");
+        u64::from_ne_bytes(bytes)
+    });
+    // Children forked from now on have no report to write.
+    REPORT_FD.store(-1, Ordering::Relaxed);
+    report
+}
+
 /// The client's own (connect, median round trip), in seconds.
-fn read_report(mut pipe: std::fs::File) -> (f64, f64) {
-    let mut report = [0u8; 16];
-    pipe.read_exact(&mut report).expect("client report");
-    let ns = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes")) as f64 * 1e-9;
-    (ns(&report[..8]), ns(&report[8..]))
+fn read_report(pipe: std::fs::File) -> (f64, f64) {
+    let [connect, median] = read_exact_report::<2>(pipe);
+    (connect as f64 * 1e-9, median as f64 * 1e-9)
 }
 
 /// A listener on `ip` for one client, echoing for `duration`; sets the client's

@@ -33,6 +33,9 @@ const EVENTS: [&str; event::SLOTS as usize] = [
     "stats_map_full",
     "cgroup_unreadable",
     "connect_start_missing",
+    "unattributed_time_wait",
+    "unattributed_request",
+    "unattributed_no_socket",
 ];
 
 /// Field offsets from the running kernel's BTF.
@@ -46,7 +49,7 @@ pub fn config(btf: &Btf) -> Result<TcpConfig, BtfError> {
         sock_cgroup: btf.member("sock", "sk_cgrp_data")?.offset
             + btf.offset_of("sock_cgroup_data", "cgroup", 8)?,
         tcp_srtt_us: btf.offset_of("tcp_sock", "srtt_us", 4)?,
-        _pad: 0,
+        sock_state: btf.offset_of("sock_common", "skc_state", 1)?,
     })
 }
 
@@ -122,7 +125,13 @@ impl Tcp {
             attached: true,
             error: None,
             dropped: counters(&self.events, &EVENTS),
-            notes: vec!["RTT: one smoothed-RTT sample per socket per second".into()],
+            notes: vec![
+                "RTT: one smoothed-RTT sample per socket per second".into(),
+                "resets sent for a time-wait or request socket, or for none (kernels \
+                 6.10+ trace those), which carry no cgroup, are counted as \
+                 unattributed_* here"
+                    .into(),
+            ],
             map_entries: None,
         }
     }
