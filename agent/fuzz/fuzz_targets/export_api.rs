@@ -86,7 +86,7 @@ fn api() -> &'static Api {
             ],
         };
         let published = Published {
-            json: String::from("{}"),
+            json: Default::default(),
             snapshot: snapshot.clone(),
             at: Instant::now(),
         };
