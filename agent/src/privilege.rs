@@ -152,12 +152,51 @@ mod tests {
         assert_eq!(kept, ["CAP_SYS_PTRACE"]);
     }
 
-    #[test]
-    fn status_matches_the_threads_effective_set() {
-        let effective = effective();
-        for s in status() {
-            let cap: Capability = s.name.parse().unwrap();
-            assert_eq!(s.held && !s.via_sys_admin, effective.contains(&cap));
+    /// Bit numbers from linux/capability.h, independent of the `caps` crate.
+    const BITS: [(&str, u32); 3] = [("CAP_BPF", 39), ("CAP_PERFMON", 38), ("CAP_SYS_PTRACE", 19)];
+    const SYS_ADMIN_BIT: u32 = 21;
+
+    /// `status()` against the kernel's own view of this thread (`CapEff` in
+    /// /proc/thread-self/status): held if in the effective set, or for BPF and
+    /// PERFMON if CAP_SYS_ADMIN is.
+    fn assert_status_matches_the_kernel(when: &str) {
+        let text = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let eff = text
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        let admin = eff & (1 << SYS_ADMIN_BIT) != 0;
+        let status = status();
+        assert_eq!(status.len(), BITS.len());
+        for (name, bit) in BITS {
+            let s = status.iter().find(|s| s.name == name).unwrap();
+            let own = eff & (1 << bit) != 0;
+            let covered = admin && name != "CAP_SYS_PTRACE";
+            assert_eq!(
+                (s.held, s.via_sys_admin),
+                (own || covered, !own && covered),
+                "{name} {when}, CapEff {eff:x}"
+            );
         }
+    }
+
+    #[test]
+    fn status_matches_the_kernels_view_of_the_thread() {
+        assert_status_matches_the_kernel("as the tests run");
+        // Capabilities belong to a thread: take some away in one of our own. As root
+        // this covers held through CAP_SYS_ADMIN, and missing.
+        std::thread::spawn(|| {
+            let drop = |cap| caps::drop(None, CapSet::Effective, cap).unwrap();
+            drop(Capability::CAP_BPF);
+            drop(Capability::CAP_SYS_PTRACE);
+            assert_status_matches_the_kernel("without BPF and SYS_PTRACE");
+            drop(Capability::CAP_SYS_ADMIN);
+            drop(Capability::CAP_PERFMON);
+            assert_status_matches_the_kernel("without SYS_ADMIN, PERFMON, BPF, SYS_PTRACE");
+            assert!(status().iter().all(|s| !s.held));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::TestTree;
+use common::{
+    truth::{self, Recorder},
+    TestTree,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
@@ -42,18 +45,31 @@ fn cpu_percent(table: &str, path: &str) -> Option<f64> {
         .ok()
 }
 
+/// The window length in the summary line (`... window 2.0s`).
+fn window_seconds(table: &str) -> Option<f64> {
+    let rest = table.lines().next()?.rsplit_once("window ")?.1;
+    rest.trim().strip_suffix('s')?.parse().ok()
+}
+
 #[test]
 fn once_prints_the_table_with_the_cpu_the_cgroup_used() {
     require_root_and_cgroup_v2!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_tree, busy) = workload("top-once");
+    let (tree, busy) = workload("top-once");
+    let cpu_stat = tree.top.dir.join("busy/cpu.stat");
     for args in [&["top", "--once"][..], &["top"][..]] {
+        // The truth: the cgroup's own cpu.stat, read every 10 ms while top measures.
+        let stat = cpu_stat.clone();
+        let recorder = Recorder::start(Duration::from_millis(10), move || {
+            truth::flat_key(&stat, "usage_usec")
+        });
         // Not a terminal: `top` alone prints once too.
         let out = Command::new(BIN)
             .args(args)
             .args(["--interval", "2s", "--sort", "cpu"])
             .output()
             .expect("run cgscope top");
+        let trace = recorder.finish();
         assert!(
             out.status.success(),
             "{}",
@@ -67,9 +83,25 @@ fn once_prints_the_table_with_the_cpu_the_cgroup_used() {
             "{table}"
         );
         assert!(lines[2].starts_with(&busy), "the busiest first: {table}");
-        // Two loops on one CPU use that CPU: 100%, whatever the host's noise.
+        // What the two loops got of CPU 0 in top's window, whatever else the host
+        // runs: between the least and the most cpu.stat grew in any window of that
+        // length while top ran (µs per second = percent × 10^4), give or take the
+        // rounding of the window's length and of the percentage.
         let cpu = cpu_percent(&table, &busy).expect("busy row");
-        assert!((85.0..=105.0).contains(&cpu), "{cpu}% in {table}");
+        let window = window_seconds(&table).expect("window length");
+        let (low, high) = trace
+            .rate_range(Duration::from_secs_f64(window))
+            .expect("cpu.stat read over the whole window");
+        let (low, high) = (low / 1e4, high / 1e4);
+        let slack = 0.5 + 100.0 * 0.05 / window;
+        eprintln!(
+            "top: {cpu}% over {window}s; cpu.stat: {low:.1}-{high:.1}% (readings at most {:?} apart)",
+            trace.widest_gap()
+        );
+        assert!(
+            (low - slack..=high + slack).contains(&cpu),
+            "{cpu}% vs cpu.stat's {low:.1}-{high:.1}% in {table}"
+        );
     }
     let out = Command::new(BIN)
         .args(["top", "--once", "--sort", "nope"])
@@ -120,8 +152,14 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The pane's text; `-J` joins the lines the terminal wrapped at its edge.
+    fn capture(&self, flags: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket, "capture-pane", "-p", "-t", "top"])
+            .args(flags)
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -189,13 +227,33 @@ fn live_view_sorts_selects_shows_histograms_and_survives_resize() {
     tmux.wait_for("the pods view", |s| s.contains("(no pods"));
     tmux.keys(&["p"]);
 
-    // A narrow terminal: the layout follows, nothing wraps.
+    // A narrow terminal: the layout follows, nothing wraps. (The pane itself cuts
+    // every line at its size: what tells is where things are and what was wrapped.)
     assert!(tmux.run(&["resize-window", "-t", "top", "-x", "70", "-y", "15"]));
     let narrow = tmux.wait_for("the narrow layout", |s| {
         s.lines().any(|l| l.starts_with("NAME")) && s.contains(&tree.top.path)
     });
-    assert!(narrow.lines().all(|l| l.chars().count() <= 70), "{narrow}");
-    assert!(narrow.lines().count() <= 15, "{narrow}");
+    let joined = tmux.capture(&["-J"]);
+    assert!(
+        joined.lines().all(|l| l.chars().count() <= 70),
+        "lines wrapped at the terminal's edge:\n{joined}"
+    );
+    let lines: Vec<&str> = narrow.lines().collect();
+    assert!(lines[0].starts_with("kernel "), "{narrow}");
+    assert!(lines[2].starts_with("NAME"), "{narrow}");
+    // Every row below the header is a cgroup's (no wrapped continuation), up to the
+    // key help on the pane's last line.
+    let help = lines
+        .iter()
+        .position(|l| l.starts_with("↑↓: select"))
+        .unwrap_or_else(|| panic!("no key help:\n{narrow}"));
+    assert_eq!(help, 14, "the key help on the 15th line:\n{narrow}");
+    assert!(
+        lines[3..help]
+            .iter()
+            .all(|l| l.starts_with('/') || l.trim().is_empty()),
+        "{narrow}"
+    );
 
     tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod truth;
+
 use std::{path::PathBuf, time::Duration};
 
 use nix::{
@@ -156,6 +158,14 @@ pub fn sleep_forever() -> ! {
 /// `(cpu_time, run_delay)` in nanoseconds from `/proc/<pid>/schedstat`, the
 /// scheduler's own accounting: the ground truth for run-queue latency.
 pub fn schedstat(pid: Pid) -> (u64, u64) {
+    let (cpu_time, run_delay, _) = schedstat_arrivals(pid);
+    (cpu_time, run_delay)
+}
+
+/// `/proc/<pid>/schedstat` whole: `(cpu_time, run_delay, pcount)`, where `pcount`
+/// counts the times the task was switched in, each the end of a run-queue wait
+/// (`sched_info_arrive`).
+pub fn schedstat_arrivals(pid: Pid) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
     let mut fields = text
         .split_whitespace()
@@ -163,6 +173,7 @@ pub fn schedstat(pid: Pid) -> (u64, u64) {
     (
         fields.next().expect("cpu_time"),
         fields.next().expect("run_delay"),
+        fields.next().expect("pcount"),
     )
 }
 
