@@ -281,14 +281,12 @@ fn fuzz(
     let crashes: Vec<PathBuf> = files_in(&artifacts)?.difference(&before).cloned().collect();
     let failed = !status.success() || !crashes.is_empty();
     if failed {
-        // The panic message, libFuzzer's verdict and where the input went.
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
         eprintln!(
             "fuzz: {target} failed ({status}) after {:.0?}; log {}:",
             started.elapsed(),
             log_path.display()
         );
-        tail.iter().rev().for_each(|l| eprintln!("  {l}"));
+        verdict(&text).iter().for_each(|l| eprintln!("  {l}"));
     }
     Ok(Outcome {
         target,
@@ -297,6 +295,28 @@ fn fuzz(
         crashes,
         failed,
     })
+}
+
+/// The lines of a failed run's log that say what happened: the panic and its
+/// message, libFuzzer's verdict, where it wrote the input; the log's last lines
+/// if it has none of them (a build or start-up failure).
+fn verdict(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    for (i, &line) in lines.iter().enumerate() {
+        if line.contains("panicked at") {
+            out.extend_from_slice(lines.get(i..i + 2).unwrap_or(&lines[i..]));
+        } else if ["ERROR: libFuzzer", "SUMMARY:", "Test unit written to"]
+            .iter()
+            .any(|k| line.contains(k))
+        {
+            out.push(line);
+        }
+    }
+    if out.is_empty() {
+        out = lines[lines.len().saturating_sub(20)..].to_vec();
+    }
+    out
 }
 
 /// A number libFuzzer's `-print_final_stats` printed after `key`.
@@ -396,5 +416,23 @@ mod tests {
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(0), "0");
+    }
+
+    #[test]
+    fn a_failed_run_is_told_by_its_panic_and_input() {
+        let log = "#1 INITED\n\nthread '<unnamed>' panicked at agent/src/host.rs:132:25:\n\
+                   attempt to multiply with overflow\nstack backtrace:\n   0: x\n\
+                   ==1== ERROR: libFuzzer: deadly signal\n    #0 0x1 in f\n\
+                   Test unit written to target/fuzz/artifacts/t/crash-1\n";
+        assert_eq!(
+            verdict(log),
+            [
+                "thread '<unnamed>' panicked at agent/src/host.rs:132:25:",
+                "attempt to multiply with overflow",
+                "==1== ERROR: libFuzzer: deadly signal",
+                "Test unit written to target/fuzz/artifacts/t/crash-1",
+            ]
+        );
+        assert_eq!(verdict("a\nb"), ["a", "b"]);
     }
 }
