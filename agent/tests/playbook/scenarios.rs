@@ -25,6 +25,10 @@ pub struct Scenario {
     pub control: String,
     /// The measure of the first finding.
     pub measure: &'static str,
+    /// The culprit's io.max riops, where the scenario sets one, on `device`
+    /// (`MAJ:MIN`).
+    pub iops_limit: Option<f64>,
+    pub device: String,
     /// What the workloads use: a network namespace, a device, another cgroup.
     _keep: Vec<Box<dyn Any>>,
 }
@@ -58,6 +62,8 @@ impl Scenario {
             culprit,
             control,
             measure,
+            iops_limit: None,
+            device: String::new(),
             _keep: Vec::new(),
         }
     }
@@ -165,25 +171,60 @@ fn fio_reader(tree: &mut TestTree, rel: &str, device: &str) {
     tree.start(fio);
 }
 
+/// The io.max of the disk-io scenario: reads per second.
+const READ_IOPS_LIMIT: u32 = 50;
+
+/// How fast the reader in `rel` reads from `dev` (`MAJ:MIN`) over `span`, by its
+/// io.stat.
+fn read_rate(tree: &TestTree, rel: &str, dev: &str, span: Duration) -> Option<f64> {
+    let stat = tree.top.dir.join(rel).join("io.stat");
+    // The counters appear with the first IO.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let start = loop {
+        match common::truth::io_stat(&stat, dev, "rios") {
+            Some(n) => break n,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => return None,
+        }
+    };
+    let t0 = Instant::now();
+    std::thread::sleep(span);
+    let end = common::truth::io_stat(&stat, dev, "rios")?;
+    Some((end - start) / t0.elapsed().as_secs_f64())
+}
+
 /// With the io controller and a null_blk device (the VMs): fio at an io.max of 50
-/// reads per second. Otherwise: fio on a loop device.
+/// reads per second, once it is shown to read at least twice as fast without it (so
+/// that the limit, not the machine, holds it). Otherwise: fio on a loop device.
 fn disk_io() -> Result<Scenario, String> {
     if !common::have("fio") {
         return Err("no fio".into());
     }
     let null_blk = std::fs::read_to_string("/sys/block/nullb0/dev").ok();
     if let (Some(dev), Ok(mut tree)) = (null_blk, tree_with("disk-io", &["io"])) {
+        let dev = dev.trim().to_owned();
         let reader = tree.mkdir("reader");
         let idle = tree.mkdir("idle");
+        fio_reader(&mut tree, "reader", "/dev/nullb0");
+        let free = read_rate(&tree, "reader", &dev, Duration::from_secs(1))
+            .ok_or("fio's reads never showed in io.stat")?;
+        if free < 2.0 * f64::from(READ_IOPS_LIMIT) {
+            return Err(format!(
+                "needs headroom: fio reads {free:.0}/s here without io.max, less than twice \
+                 the {READ_IOPS_LIMIT}/s limit that must hold it"
+            ));
+        }
         write(
             &tree,
             "reader",
             "io.max",
-            &format!("{} riops=50", dev.trim()),
+            &format!("{dev} riops={READ_IOPS_LIMIT}"),
         )?;
-        fio_reader(&mut tree, "reader", "/dev/nullb0");
         tree.spawn("idle", || {}, common::sleep_forever);
-        return Ok(Scenario::new(tree, reader, idle, "io.iops_of_limit"));
+        let mut scenario = Scenario::new(tree, reader, idle, "io.iops_of_limit");
+        scenario.iops_limit = Some(f64::from(READ_IOPS_LIMIT));
+        scenario.device = dev;
+        return Ok(scenario);
     }
     let disk = common::LoopDevice::create().ok_or("cannot create a loop device")?;
     let mut tree = TestTree::create("disk-io");
