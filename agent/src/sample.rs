@@ -89,8 +89,10 @@ pub struct CgroupSample {
     /// reading covers this window too (`stats_window_seconds`).
     pub unreadable: Option<Unreadable>,
     /// The time the cgroup-file counters (CPU, memory events, IO, PSI) of this
-    /// sample cover, where it is longer than the window (the reads at the end of
-    /// the windows before failed); `null` when it is the window. Rates use it.
+    /// sample cover, from the cgroup's previous reading to this one, where it
+    /// differs from the window by more than 2% (the reads at the end of the windows
+    /// before failed, or a loaded machine reached this cgroup later in the scan than
+    /// last time); `null` when it is the window. Rates use it.
     pub stats_window_seconds: Option<f64>,
     pub cpu: CpuSample,
     /// `null` without the memory controller.
@@ -337,7 +339,11 @@ impl CgroupSample {
         let cpu_time = cpus * (span * 1.25 + 1.0);
         let cpu = &self.cpu;
         let times = [cpu.usage_seconds, cpu.user_seconds, cpu.system_seconds];
-        if times.iter().flatten().any(|t| !(0.0..=cpu_time).contains(t)) {
+        if times
+            .iter()
+            .flatten()
+            .any(|t| !(0.0..=cpu_time).contains(t))
+        {
             return Some("cpu_time");
         }
         let events = cpus * (bounds.window_seconds + 1.0) * 2e7;
@@ -350,14 +356,22 @@ impl CgroupSample {
         }
         let io = self.io.iter().flat_map(|io| &io.devices);
         let per_op = |p: &Option<PerOperation<LatencySummary>>| {
-            p.as_ref()
-                .is_some_and(|p| [&p.read, &p.write, &p.discard, &p.flush].into_iter().any(bad))
+            p.as_ref().is_some_and(|p| {
+                [&p.read, &p.write, &p.discard, &p.flush]
+                    .into_iter()
+                    .any(bad)
+            })
         };
-        if io.into_iter().any(|d| per_op(&d.latency) || per_op(&d.device_latency)) {
+        if io
+            .into_iter()
+            .any(|d| per_op(&d.latency) || per_op(&d.device_latency))
+        {
             return Some("io_latency");
         }
         let net = self.network.as_ref();
-        let tcp = net.iter().flat_map(|n| [&n.tcp_rtt, &n.tcp_connect_latency]);
+        let tcp = net
+            .iter()
+            .flat_map(|n| [&n.tcp_rtt, &n.tcp_connect_latency]);
         if tcp.flatten().any(bad) {
             return Some("tcp_latency");
         }

@@ -1,7 +1,9 @@
-//! Faults an operator meets: the agent runs out of descriptors while clients hold
-//! idle connections to its API. Its reads fail for a few windows; no cgroup may be
-//! reported removed, and no number it exports afterwards may exceed what the kernel
-//! counted (the cgroups' own `cpu.stat`, read before and after, is the ground truth).
+//! Faults an operator meets: the agent runs out of descriptors (its limit lowered
+//! below what it holds) while clients hold idle connections to its API. Its reads
+//! fail for a few windows; no cgroup may be reported removed, and no number it
+//! exports afterwards may exceed what the kernel counted (the cgroups' own
+//! `cpu.stat`, read before and after, is the ground truth). The API's own share of
+//! descriptors is bounded: `chaos.rs` floods it under a tight limit.
 
 mod common;
 
@@ -38,14 +40,27 @@ fn metric_sum(text: &str, metric: &str, needle: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-fn set_descriptor_limit(pid: u32, limit: u64) {
-    let new = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
+fn descriptor_limit(pid: u32) -> libc::rlimit {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: `new` is a valid rlimit; no old value is asked for.
-    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    // SAFETY: a valid rlimit to fill; nothing is set.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut now) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    now
+}
+
+/// Sets a process's descriptor limit; returns the one it replaced.
+fn set_descriptor_limit(pid: u32, new: libc::rlimit) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both are valid rlimits; the process is one this test started.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
 }
 
 fn open_descriptors(pid: u32) -> u64 {
@@ -86,28 +101,39 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
     let addr = format!("127.0.0.1:{port}");
     let before: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
     let t0 = Instant::now();
-    let agent = Command::new(BIN)
-        .args(["run", "--interval", "1s", "--listen", &addr])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the agent");
-    let pid = agent.id();
+    let agent = common::RunningAgent(Some(
+        Command::new(BIN)
+            .args(["run", "--interval", "1s", "--listen", &addr])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent"),
+    ));
+    let pid = agent.pid();
     wait_ready(&addr, Duration::from_secs(60));
     let attach_seconds = t0.elapsed().as_secs_f64();
 
-    // Descriptors run out: a few spare, and clients that connect and say nothing.
+    // Descriptors run out (none to spare), and clients connect and say nothing.
     std::thread::sleep(Duration::from_millis(1500));
     let base = open_descriptors(pid);
-    set_descriptor_limit(pid, base + 6);
+    // The soft limit only: raising a hard limit again needs CAP_SYS_RESOURCE.
+    let hard = descriptor_limit(pid).rlim_max;
+    let old = set_descriptor_limit(
+        pid,
+        libc::rlimit {
+            rlim_cur: base,
+            rlim_max: hard,
+        },
+    );
     let idle: Vec<TcpStream> = (0..60)
         .filter_map(|_| TcpStream::connect(&addr).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(3500));
     drop(idle);
+    set_descriptor_limit(pid, old);
 
-    // Recovered (the limit stays tight): the windows after it are read whole.
+    // Recovered: the windows after it are read whole.
     std::thread::sleep(Duration::from_secs(4));
     let started = Instant::now();
     let metrics = loop {
@@ -121,7 +147,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
     };
     let (status, snapshot) = common::http_get(&addr, "/api/v1/snapshot").expect("snapshot");
     let after: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
-    let (exit, stderr) = common::stop_agent(agent);
+    let (exit, stderr) = agent.stop();
     assert!(
         exit.success() && !stderr.contains("panicked"),
         "{exit:?}: {stderr}"

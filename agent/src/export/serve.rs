@@ -1,9 +1,12 @@
 //! Serving the API within bounds: a flood of clients, idle or slow, must neither
-//! take the descriptors the sampler needs nor hold the server. At most
-//! [`ServeLimits::max_connections`] connections are open at once (more wait in the
-//! kernel's accept queue); a client has [`ServeLimits::header_timeout`] to send a
-//! request's headers; a connection lives at most [`ServeLimits::lifetime`], however
-//! it is used (keep-alive, a reader that never reads).
+//! take the descriptors the sampler and the exporter need nor hold the server. At
+//! most [`ServeLimits::max_connections`] connections are open at once, fewer when
+//! the descriptor limit leaves less room: [`ServeLimits::reserve`] descriptors above
+//! those open when serving began stay free for the rest of the agent (the limit is
+//! read again at each accept). More clients wait in the kernel's accept queue. A
+//! client has [`ServeLimits::header_timeout`] to send a request's headers; a
+//! connection lives at most [`ServeLimits::lifetime`], however it is used
+//! (keep-alive, a reader that never reads).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -18,16 +21,20 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
     pub max_connections: usize,
+    /// Descriptors kept free for the sampler (a directory and a file at a time, the
+    /// namespaces it reads), the OTLP connection and the runtimes' sockets.
+    pub reserve: u64,
     pub header_timeout: Duration,
     pub lifetime: Duration,
 }
 
 impl Default for ServeLimits {
-    /// 64 connections (a node has a scraper or two, a collector, an operator), 5 s
-    /// for headers, 60 s per connection.
+    /// 64 connections (a node has a scraper or two, a collector, an operator), 16
+    /// descriptors kept free, 5 s for headers, 60 s per connection.
     fn default() -> Self {
         Self {
             max_connections: 64,
+            reserve: 16,
             header_timeout: Duration::from_secs(5),
             lifetime: Duration::from_secs(60),
         }
@@ -43,6 +50,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let in_use = open_descriptors();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     // Accept failures (EMFILE...) are logged once per run of them.
@@ -55,6 +63,16 @@ pub async fn serve(
                 Err(_) => break, // never closed
             },
         };
+        // Within the room the descriptor limit leaves (at least one connection).
+        let open = limits.max_connections - permits.available_permits() - 1;
+        if open as u64 >= room(in_use, limits.reserve) {
+            drop(permit);
+            while connections.try_join_next().is_some() {}
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            }
+        }
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -88,6 +106,19 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
+/// Descriptors this process has open.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// How many connections the descriptor limit has room for, with `in_use`
+/// descriptors taken before serving and `reserve` kept free; at least one.
+fn room(in_use: u64, reserve: u64) -> u64 {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    limit.saturating_sub(in_use + reserve).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +140,7 @@ mod tests {
         let app = Router::new().route("/x", axum::routing::get(|| async { "ok" }));
         let limits = ServeLimits {
             max_connections: 4,
+            reserve: 0,
             header_timeout: Duration::from_millis(300),
             lifetime: Duration::from_secs(2),
         };

@@ -218,6 +218,10 @@ impl Sampler {
         // window.
         let mut windows: Vec<Option<Box<ProbeWindow>>> = Vec::with_capacity(self.dirs.len());
         for dir in &self.dirs {
+            // When this cgroup's files were read: under load the scan reaches a cgroup
+            // at a different point of each window, and its counters cover exactly
+            // the time between its own reads.
+            let read_at = Instant::now();
             let read = StatsReader::new(dir.dir(), &mut self.text).read();
             windows.push(self.kernel.window(dir.id));
             let prev = self.previous.remove(&dir.id);
@@ -262,8 +266,8 @@ impl Sampler {
                         Some(p) => (p.stats.as_ref(), p.since),
                         None => (None, self.previous_at),
                     };
-                    let span = now.duration_since(since).as_secs_f64();
-                    if since != self.previous_at {
+                    let span = read_at.duration_since(since).as_secs_f64();
+                    if (span - seconds).abs() > (seconds * 0.02).max(0.01) {
                         sample.stats_window_seconds = Some(span);
                     }
                     sample.cpu = window::cpu(&stats, before);
@@ -276,7 +280,7 @@ impl Sampler {
                     sample.pressure = window::pressure(&stats, before);
                     sample.descendants = stats.cgroup.and_then(|c| c.nr_descendants);
                     sample.dying_descendants = stats.cgroup.and_then(|c| c.nr_dying_descendants);
-                    (Some(stats), now)
+                    (Some(stats), read_at)
                 }
             };
             sample_of.push(wanted.then_some(cgroups.len()));

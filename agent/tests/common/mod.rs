@@ -607,3 +607,26 @@ pub fn daemonset_capabilities() -> Vec<String> {
     names.sort();
     names
 }
+
+/// An agent this test started, stopped (SIGTERM to its PID, then reaped) when
+/// dropped, so that a failed assertion leaves nothing running.
+pub struct RunningAgent(pub Option<std::process::Child>);
+
+impl RunningAgent {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Stops it now: its exit status and stderr, as [`stop_agent`] gives them.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        stop_agent(self.0.take().expect("running"))
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            stop_agent(child);
+        }
+    }
+}
