@@ -246,6 +246,7 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
         exposition: exposition.clone(),
         filter: config.export.filter(),
         otlp: None,
+        scan_errors: Default::default(),
     };
     let delivery = transport.map(|(transport, settings)| {
         let queue = Arc::new(Queue::new(QueueLimits::default()));
@@ -262,7 +263,6 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
             transport,
             stop_rx,
             Duration::from_secs(5),
-        scan_errors: Default::default(),
         ))
     });
     if delivery.is_none() {
