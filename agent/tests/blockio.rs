@@ -231,7 +231,8 @@ fn null_blk_device_latency_is_its_completion_time() {
     }
     let reader = TestCgroup::create("nullb-reader");
     let mut sampler = sampler();
-    let fio_ios = reader.fio_reads("/dev/nullb0", "4k", 2).ios;
+    let fio = reader.fio_reads("/dev/nullb0", "4k", 2);
+    let (fio_ios, fio_p50) = (fio.ios, fio.clat_p50_seconds);
     let snapshot = sampler.sample(None);
     let ours = device(&snapshot, &reader, &dev).expect("nullb0 in the reader's io");
     let device_latency = &ours.device_latency.as_ref().expect("device latency").read;
@@ -250,7 +251,14 @@ fn null_blk_device_latency_is_its_completion_time() {
         .expect("status");
     eprintln!("blockio: {:?} {:?}", probe.dropped, probe.notes);
     assert!(device_latency.count as f64 >= fio_ios as f64 * 0.95);
-    assert!((p50 - want).abs() / want <= 0.10, "p50 {p50} vs {want}");
+    // At least the configured completion time (less a bucket's ±4.3 %), at most what
+    // fio timed for the same reads in the same window (the device time plus the
+    // syscall and the wakeup, longer on a slow or busy machine), not a fixed band.
+    eprintln!("fio clat p50 {:.1} µs", fio_p50 * 1e6);
+    assert!(
+        (want * 0.957..=fio_p50 * 1.043).contains(&p50),
+        "p50 {p50} outside [{want} configured, {fio_p50} timed by fio]"
+    );
 }
 
 #[test]
