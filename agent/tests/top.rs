@@ -90,7 +90,7 @@ fn once_prints_the_table_with_the_cpu_the_cgroup_used() {
         let cpu = cpu_percent(&table, &busy).expect("busy row");
         let window = window_seconds(&table).expect("window length");
         let (low, high) = trace
-            .rate_range(Duration::from_secs_f64(window))
+            .rate_range_near(Duration::from_secs_f64(window))
             .expect("cpu.stat read over the whole window");
         let (low, high) = (low / 1e4, high / 1e4);
         let slack = 0.5 + 100.0 * 0.05 / window;

@@ -83,6 +83,16 @@ impl Trace {
         low.is_finite().then_some((low, high))
     }
 
+    /// [`Self::rate_range`] over every length from 85 % to 105 % of `window`: cgscope
+    /// divides by each cgroup's own span between its two reads, which is its window
+    /// give or take a scan (tenths of a second under emulation).
+    pub fn rate_range_near(&self, window: Duration) -> Option<(f64, f64)> {
+        let (low, high) = (85..=105)
+            .filter_map(|pct| self.rate_range(window.mul_f64(f64::from(pct) / 100.0)))
+            .fold((f64::INFINITY, 0f64), |(l, h), (a, b)| (l.min(a), h.max(b)));
+        low.is_finite().then_some((low, high))
+    }
+
     /// The longest gap between two readings (the bounds are that much loose).
     pub fn widest_gap(&self) -> Duration {
         self.samples

@@ -313,7 +313,7 @@ fn prometheus_scrapes_and_answers_promql() {
         .sum();
     let (low, high) = recorder
         .finish()
-        .rate_range(Duration::from_secs(5))
+        .rate_range_near(Duration::from_secs(5))
         .expect("cpu.stat over 7 s");
     let (low, high) = (low * 1e-6, high * 1e-6);
     eprintln!("CPU rate {rate:.3}; cpu.stat {low:.3}-{high:.3} cores over any 5 s");

@@ -109,7 +109,7 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
     let cores = first["neighbours"][0]["cpu_cores"].as_f64().unwrap_or(0.0);
     let window = report["window_seconds"].as_f64().expect("window_seconds");
     let (low, high) = trace
-        .rate_range(Duration::from_secs_f64(window))
+        .rate_range_near(Duration::from_secs_f64(window))
         .expect("cpu.stat over the window");
     let (low, high) = (low * 1e-6, high * 1e-6);
     eprintln!("neighbour: {cores:.3} cores; cpu.stat {low:.3}-{high:.3} in any {window}s");
@@ -170,8 +170,8 @@ fn playbook_cpu_throttling_flags_the_limited_container() {
     let first = &report["findings"][0];
     assert_eq!(first["measure"], s.measure, "{report:#}");
     let window = Duration::from_secs_f64(report["window_seconds"].as_f64().expect("window"));
-    let (p_low, p_high) = periods.rate_range(window).expect("nr_periods");
-    let (t_low, t_high) = throttled.rate_range(window).expect("nr_throttled");
+    let (p_low, p_high) = periods.rate_range_near(window).expect("nr_periods");
+    let (t_low, t_high) = throttled.rate_range_near(window).expect("nr_throttled");
     let (low, high) = (t_low / p_high, (t_high / p_low).min(1.0));
     let value = first["value"].as_f64().unwrap_or(0.0);
     eprintln!("throttled share {value:.3}; cpu.stat {low:.3}-{high:.3}");
@@ -211,7 +211,7 @@ fn playbook_disk_io_finds_the_reader() {
     let trace = recorder.finish();
     let window = report["window_seconds"].as_f64().expect("window_seconds");
     let (low, high) = trace
-        .rate_range(Duration::from_secs_f64(window))
+        .rate_range_near(Duration::from_secs_f64(window))
         .expect("io.stat read over the whole window");
     let (low, high) = (low / limit, high / limit);
     let iops = findings_on(&report, &s.culprit)
@@ -323,7 +323,7 @@ fn playbook_throughput_ceiling_ranks_the_nearest_ceiling_first() {
         std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
     };
     let (low, high) = trace
-        .rate_range(Duration::from_secs_f64(window))
+        .rate_range_near(Duration::from_secs_f64(window))
         .expect("cpu.stat over the window");
     let (low, high) = (low * 1e-6 / ceiling, high * 1e-6 / ceiling);
     eprintln!("{}: {value:.3}; cpu.stat {low:.3}-{high:.3}", s.measure);
