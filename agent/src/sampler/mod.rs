@@ -224,22 +224,10 @@ impl Sampler {
             let read_at = Instant::now();
             let read = StatsReader::new(dir.dir(), &mut self.text).read();
             windows.push(self.kernel.window(dir.id));
-            let prev = self.previous.remove(&dir.id);
-            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
-            let identity = match &prev {
-                Some(p) if p.path == dir.path() => p.identity.clone(),
-                _ => identity::classify(dir.path()),
-            };
-            let mut sample = CgroupSample {
-                raw_path_hex: dir.raw_path_hex(),
-                container: container_sample(&identity),
-                ..CgroupSample::bare(
-                    dir.path(),
-                    dir.id,
-                    identity.kind.unwrap_or(CgroupKind::Other),
-                )
-            };
-            let (stats, since) = match read {
+            let mut prev = self.previous.remove(&dir.id);
+            let read = match read {
+                StatsRead::Stats(stats) => Ok(stats),
+                StatsRead::Unreadable(e) => Err(e),
                 StatsRead::Gone => {
                     // Removed during the scan: its last window is reported below.
                     if let Some(prev) = prev {
@@ -248,50 +236,79 @@ impl Sampler {
                     sample_of.push(None);
                     continue;
                 }
-                StatsRead::Unreadable(e) => {
+            };
+            // What the last window kept, reused where it still holds (no allocation
+            // per cgroup and window).
+            let (path, dir_buf, identity) = match prev.as_mut() {
+                Some(p) if p.path == dir.path() => (
+                    std::mem::take(&mut p.path),
+                    std::mem::take(&mut p.dir),
+                    p.identity.clone(),
+                ),
+                _ => (
+                    dir.path().to_owned(),
+                    dir.dir().to_owned(),
+                    identity::classify(dir.path()),
+                ),
+            };
+            let (before, mut since) = match prev {
+                Some(p) => (p.stats, p.since),
+                None => (None, self.previous_at),
+            };
+            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
+            let mut sample = wanted.then(|| CgroupSample {
+                raw_path_hex: dir.raw_path_hex(),
+                container: container_sample(&identity),
+                ..CgroupSample::bare(
+                    dir.path(),
+                    dir.id,
+                    identity.kind.unwrap_or(CgroupKind::Other),
+                )
+            });
+            let stats = match read {
+                Err(e) => {
                     // Not a removal: the baseline and the kernel entries stay.
                     let reason = e.reason();
                     scan.count(reason, 1);
                     scan.note(e.to_string());
-                    sample.unreadable = Some(Unreadable {
-                        reason,
-                        error: e.to_string(),
-                    });
-                    let (stats, since) =
-                        prev.map_or((None, self.previous_at), |p| (p.stats, p.since));
-                    (stats, since)
-                }
-                StatsRead::Stats(stats) => {
-                    let (before, since) = match &prev {
-                        Some(p) => (p.stats.as_ref(), p.since),
-                        None => (None, self.previous_at),
-                    };
-                    let span = read_at.duration_since(since).as_secs_f64();
-                    if (span - seconds).abs() > (seconds * 0.02).max(0.01) {
-                        sample.stats_window_seconds = Some(span);
+                    if let Some(sample) = sample.as_mut() {
+                        sample.unreadable = Some(Unreadable {
+                            reason,
+                            error: e.to_string(),
+                        });
                     }
-                    sample.cpu = window::cpu(&stats, before);
-                    sample.memory = stats
-                        .memory
-                        .as_ref()
-                        .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref())));
-                    sample.io = window::io(&stats, before, span, &mut self.devices);
-                    sample.pids = window::pids(&stats, before);
-                    sample.pressure = window::pressure(&stats, before);
-                    sample.descendants = stats.cgroup.and_then(|c| c.nr_descendants);
-                    sample.dying_descendants = stats.cgroup.and_then(|c| c.nr_dying_descendants);
-                    (Some(stats), read_at)
+                    before
+                }
+                Ok(stats) => {
+                    if let Some(sample) = sample.as_mut() {
+                        let before = before.as_ref();
+                        let span = read_at.duration_since(since).as_secs_f64();
+                        if (span - seconds).abs() > (seconds * 0.02).max(0.01) {
+                            sample.stats_window_seconds = Some(span);
+                        }
+                        sample.cpu = window::cpu(&stats, before);
+                        sample.memory = stats
+                            .memory
+                            .as_ref()
+                            .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref())));
+                        sample.io = window::io(&stats, before, span, &mut self.devices);
+                        sample.pids = window::pids(&stats, before);
+                        sample.pressure = window::pressure(&stats, before);
+                        sample.descendants = stats.cgroup.and_then(|c| c.nr_descendants);
+                        sample.dying_descendants =
+                            stats.cgroup.and_then(|c| c.nr_dying_descendants);
+                    }
+                    since = read_at;
+                    Some(stats)
                 }
             };
-            sample_of.push(wanted.then_some(cgroups.len()));
-            if wanted {
-                cgroups.push(sample);
-            }
+            sample_of.push(sample.is_some().then_some(cgroups.len()));
+            cgroups.extend(sample);
             next.insert(
                 dir.id,
                 Previous {
-                    path: dir.path().to_owned(),
-                    dir: dir.dir().to_owned(),
+                    path,
+                    dir: dir_buf,
                     identity,
                     stats,
                     since,
@@ -350,17 +367,18 @@ impl Sampler {
                     }
                     sample.removed = true;
                 }
-                Ok(false) | Err(_) if unlisted.is_none() => {
-                    // Listed nowhere yet present, with no listing failure to
-                    // explain it: moved away between the walk and the look.
-                    dead.push(id);
-                    continue;
-                }
+                // Still there (or the look failed): not gone, whatever kept the walk
+                // from listing it. Its baseline stays, as for a file that failed.
                 result => {
+                    // A failed listing was counted once, where it failed.
                     let reason = match result {
-                        Err(e) => cgroup::io_reason(&e),
-                        Ok(_) => unlisted.unwrap_or("other"),
+                        Err(e) => Some(cgroup::io_reason(&e)),
+                        Ok(_) => unlisted.is_none().then_some("unlisted"),
                     };
+                    if let Some(reason) = reason {
+                        scan.count(reason, 1);
+                    }
+                    let reason = reason.or(unlisted).unwrap_or("unlisted");
                     sample.unreadable = Some(Unreadable {
                         reason,
                         error: format!("{} could not be listed this window", prev.dir.display()),
