@@ -323,12 +323,16 @@ impl HostReader {
         // the next window's deltas then cover both windows, never all since boot.
         let previous = std::mem::take(&mut self.previous);
         let kept = std::array::from_fn(|i| {
-            let [now, before] = [&now.pressure[i], &previous.pressure[i]];
-            now.clone().or_else(|| before.clone())
+            let (now, before) = (now.pressure[i], &previous.pressure[i]);
+            now.or(*before)
         });
         self.previous = Readings {
             cpu: now.cpu.or(previous.cpu),
-            cpus: if now.cpu.is_some() { now.cpus } else { previous.cpus },
+            cpus: if now.cpu.is_some() {
+                now.cpus
+            } else {
+                previous.cpus
+            },
             pressure: kept,
             disks: now.disks.or(previous.disks),
         };

@@ -414,7 +414,10 @@ mod tests {
         let back = cpu(&before, Some(&now));
         assert_eq!((back.usage_seconds, back.periods), (None, None));
         let io = super::io(&before, Some(&now), 2.0, &mut DeviceNames::default()).unwrap();
-        assert_eq!((io.devices[0].read_ops, io.devices[0].read_iops), (None, None));
+        assert_eq!(
+            (io.devices[0].read_ops, io.devices[0].read_iops),
+            (None, None)
+        );
         let p = pressure(&before, Some(&now)).cpu.unwrap();
         assert_eq!(p.some_seconds, None);
     }

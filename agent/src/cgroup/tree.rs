@@ -99,10 +99,12 @@ impl CgroupDir {
     pub fn raw_path_hex(&self) -> Option<String> {
         let bytes = self.dir.as_os_str().as_bytes().get(self.relative..)?;
         std::str::from_utf8(bytes).is_err().then(|| {
-            bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-                s.push_str(&format!("{b:02x}"));
-                s
-            })
+            bytes
+                .iter()
+                .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+                    s.push_str(&format!("{b:02x}"));
+                    s
+                })
         })
     }
 }

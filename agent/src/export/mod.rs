@@ -28,8 +28,8 @@ use std::{
 use crate::sample::Snapshot;
 
 use self::{
-    delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample, prometheus::Exposition,
-    store::Store,
+    delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample,
+    prometheus::Exposition, store::Store,
 };
 
 /// The exporters' per-window work.
