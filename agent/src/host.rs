@@ -28,22 +28,29 @@ pub struct CpuTicks {
 }
 
 impl CpuTicks {
+    /// All the ticks, saturating: `/proc/stat` is the kernel's, but no sum of its
+    /// values may wrap into a share.
     fn total(&self) -> u64 {
-        self.user
-            + self.nice
-            + self.system
-            + self.idle
-            + self.iowait
-            + self.irq
-            + self.softirq
-            + self.steal
+        [
+            self.user,
+            self.nice,
+            self.system,
+            self.idle,
+            self.iowait,
+            self.irq,
+            self.softirq,
+            self.steal,
+        ]
+        .iter()
+        .fold(0u64, |sum, t| sum.saturating_add(*t))
     }
 
     /// Share of the time since `before` this CPU was busy (not idle, not waiting
     /// for IO with nothing to run).
     fn busy_since(&self, before: &Self) -> f64 {
         let total = self.total().saturating_sub(before.total());
-        let idle = (self.idle + self.iowait).saturating_sub(before.idle + before.iowait);
+        let waiting = |t: &Self| t.idle.saturating_add(t.iowait);
+        let idle = waiting(self).saturating_sub(waiting(before));
         if total == 0 {
             0.0
         } else {
