@@ -28,40 +28,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
-fn cpu_seconds(dir: &std::path::Path) -> f64 {
-    let text = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat");
-    ["user_usec ", "system_usec "]
-        .iter()
-        .map(|name| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-                .expect("cpu.stat field") as f64
-                * 1e-6
-        })
-        .sum()
-}
-
-fn metric_sum(text: &str, metric: &str, needle: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            let rest = l.strip_prefix(metric).unwrap_or("");
-            (rest.starts_with('{') || rest.starts_with(' ')) && l.contains(needle)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn rotel_installed() -> bool {
     Command::new("python3")
         .args(["-c", "import rotel"])
@@ -184,7 +150,7 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_EXPORTER_OTLP_TIMEOUT", "3000");
     }
-    let before: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
+    let before: f64 = dirs.iter().map(|d| common::cpu_seconds(d)).sum();
     let t0 = Instant::now();
     let agent = common::RunningAgent(Some(agent.spawn().expect("start the agent")));
     let pid = agent.pid();
@@ -194,24 +160,15 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
     }
     let attach = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let rss_start = rss_kib(pid);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fds")
-        .count() as u64;
-    let limit = libc::rlimit {
-        rlim_cur: fds + 48,
-        rlim_max: fds + 48,
-    };
-    // SAFETY: a valid rlimit for a process this test started; no old value asked.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as i32,
-            libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit");
+    let rss_start = common::rss_kib(pid);
+    let fds = common::open_descriptors(pid);
+    common::set_descriptor_limit(
+        pid,
+        libc::rlimit {
+            rlim_cur: fds + 48,
+            rlim_max: fds + 48,
+        },
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = flood(&addr, &stop);
@@ -229,13 +186,15 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
             if let (Some((grpc, http)), Ok((200, m))) =
                 (collector, common::http_get(&addr, "/metrics"))
             {
-                failures_down =
-                    Some(metric_sum(&m, "cgscope_export_failures_total", "").unwrap_or(0.0));
-                sent_back = Some(metric_sum(&m, "cgscope_export_sent_total", "").unwrap_or(0.0));
+                failures_down = Some(
+                    common::metric_sum(&m, "cgscope_export_failures_total", "").unwrap_or(0.0),
+                );
+                sent_back =
+                    Some(common::metric_sum(&m, "cgscope_export_sent_total", "").unwrap_or(0.0));
                 rotel = Some(peers::rotel(grpc, http));
             }
         }
-        rss_max = rss_max.max(rss_kib(pid));
+        rss_max = rss_max.max(common::rss_kib(pid));
         if let Ok((200, body)) = common::http_get(&addr, "/api/v1/snapshot") {
             let s: Value = serde_json::from_str(&body).expect("snapshot JSON");
             let at = s["timestamp_seconds"].as_f64().unwrap_or(0.0);
@@ -253,14 +212,14 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let (status, metrics) = common::http_get(&addr, "/metrics").expect("/metrics after");
-    let after: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
-    let rss_end = rss_kib(pid);
+    let after: f64 = dirs.iter().map(|d| common::cpu_seconds(d)).sum();
+    let rss_end = common::rss_kib(pid);
     let (_, snapshot) = common::http_get(&addr, "/api/v1/snapshot").expect("snapshot after");
     let (exit, _) = agent.stop();
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
 
-    let errors = metric_sum(&metrics, "cgscope_scan_errors_total", "").unwrap_or(0.0);
+    let errors = common::metric_sum(&metrics, "cgscope_scan_errors_total", "").unwrap_or(0.0);
     eprintln!(
         "{seconds} s: {windows} windows seen, {errors} read failures counted, RSS {rss_start} -> \
          max {rss_max} -> {rss_end} KiB, CPU exported vs cpu.stat below"
@@ -271,11 +230,11 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
     );
     assert_eq!(status, 200);
     assert_eq!(
-        metric_sum(&metrics, "cgscope_scan_errors_total", "\"impossible\""),
+        common::metric_sum(&metrics, "cgscope_scan_errors_total", "\"impossible\""),
         None
     );
     assert_eq!(
-        metric_sum(&metrics, "cgscope_export_refused_total", ""),
+        common::metric_sum(&metrics, "cgscope_export_refused_total", ""),
         None
     );
     // Sampling went on under the load: windows kept coming.
@@ -296,7 +255,9 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
     // time before the first read and after the last.
     let exported: f64 = ids
         .iter()
-        .map(|id| metric_sum(&metrics, "container_cpu_time_seconds_total", id).unwrap_or(0.0))
+        .map(|id| {
+            common::metric_sum(&metrics, "container_cpu_time_seconds_total", id).unwrap_or(0.0)
+        })
         .sum();
     let truth = after - before;
     eprintln!("exported {exported:.2} s, cpu.stat {truth:.2} s, attach {attach:.1} s");
@@ -313,8 +274,9 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
         "RSS grew from {rss_start} to {rss_end} KiB"
     );
     if let (Some(failed), Some(sent)) = (failures_down, sent_back) {
-        let failures = metric_sum(&metrics, "cgscope_export_failures_total", "").unwrap_or(0.0);
-        let sent_now = metric_sum(&metrics, "cgscope_export_sent_total", "").unwrap_or(0.0);
+        let failures =
+            common::metric_sum(&metrics, "cgscope_export_failures_total", "").unwrap_or(0.0);
+        let sent_now = common::metric_sum(&metrics, "cgscope_export_sent_total", "").unwrap_or(0.0);
         assert!(failed > 0.0, "the outage's failed exports were not counted");
         assert!(failures >= failed);
         assert!(

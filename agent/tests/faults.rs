@@ -18,57 +18,6 @@ use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
-/// user_usec + system_usec of a cgroup's `cpu.stat`, in seconds.
-fn cpu_seconds(dir: &std::path::Path) -> f64 {
-    let text = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat");
-    let field = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in cpu.stat")) as f64
-            * 1e-6
-    };
-    field("user_usec ") + field("system_usec ")
-}
-
-/// The sum of a Prometheus metric's samples whose labels contain `needle`.
-fn metric_sum(text: &str, metric: &str, needle: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
-fn descriptor_limit(pid: u32) -> libc::rlimit {
-    let mut now = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to fill; nothing is set.
-    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut now) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    now
-}
-
-/// Sets a process's descriptor limit; returns the one it replaced.
-fn set_descriptor_limit(pid: u32, new: libc::rlimit) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: both are valid rlimits; the process is one this test started.
-    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, &mut old) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old
-}
-
-fn open_descriptors(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the agent's fds")
-        .count() as u64
-}
-
 fn wait_ready(addr: &str, timeout: Duration) {
     let started = Instant::now();
     while started.elapsed() < timeout {
@@ -99,7 +48,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
 
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let before: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
+    let before: f64 = dirs.iter().map(|d| common::cpu_seconds(d)).sum();
     let t0 = Instant::now();
     let agent = common::RunningAgent(Some(
         Command::new(BIN)
@@ -116,10 +65,10 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
 
     // Descriptors run out (none to spare), and clients connect and say nothing.
     std::thread::sleep(Duration::from_millis(1500));
-    let base = open_descriptors(pid);
+    let base = common::open_descriptors(pid);
     // The soft limit only: raising a hard limit again needs CAP_SYS_RESOURCE.
-    let hard = descriptor_limit(pid).rlim_max;
-    let old = set_descriptor_limit(
+    let hard = common::descriptor_limit(pid).rlim_max;
+    let old = common::set_descriptor_limit(
         pid,
         libc::rlimit {
             rlim_cur: base,
@@ -131,7 +80,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
         .collect();
     std::thread::sleep(Duration::from_millis(3500));
     drop(idle);
-    set_descriptor_limit(pid, old);
+    common::set_descriptor_limit(pid, old);
 
     // Recovered: the windows after it are read whole.
     std::thread::sleep(Duration::from_secs(4));
@@ -146,14 +95,14 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
         }
     };
     let (status, snapshot) = common::http_get(&addr, "/api/v1/snapshot").expect("snapshot");
-    let after: f64 = dirs.iter().map(|d| cpu_seconds(d)).sum();
+    let after: f64 = dirs.iter().map(|d| common::cpu_seconds(d)).sum();
     let (exit, stderr) = agent.stop();
     assert!(
         exit.success() && !stderr.contains("panicked"),
         "{exit:?}: {stderr}"
     );
 
-    let reason = |r: &str| metric_sum(&metrics, "cgscope_scan_errors_total", r);
+    let reason = |r: &str| common::metric_sum(&metrics, "cgscope_scan_errors_total", r);
     let emfile = reason("\"EMFILE\"").unwrap_or(0.0);
     assert!(
         emfile > 0.0,
@@ -165,7 +114,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
         "a broken baseline had to be refused"
     );
     assert_eq!(
-        metric_sum(&metrics, "cgscope_export_refused_total", ""),
+        common::metric_sum(&metrics, "cgscope_export_refused_total", ""),
         None,
         "the export store refused a window"
     );
@@ -175,7 +124,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
     // window, at most one window and a scrape before `after`), never more.
     let exported = ids
         .iter()
-        .map(|id| metric_sum(&metrics, "container_cpu_time_seconds_total", id))
+        .map(|id| common::metric_sum(&metrics, "container_cpu_time_seconds_total", id))
         .collect::<Option<Vec<f64>>>()
         .unwrap_or_else(|| panic!("both containers exported:\n{metrics}"))
         .iter()

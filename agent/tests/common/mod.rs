@@ -630,3 +630,70 @@ impl Drop for RunningAgent {
         }
     }
 }
+
+/// user_usec + system_usec of a cgroup's `cpu.stat`, in seconds.
+pub fn cpu_seconds(dir: &std::path::Path) -> f64 {
+    let text = std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat");
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in cpu.stat")) as f64
+            * 1e-6
+    };
+    field("user_usec ") + field("system_usec ")
+}
+
+/// The sum of a Prometheus metric's samples (with or without labels) whose line
+/// contains `needle`; `None` if there is none.
+pub fn metric_sum(text: &str, metric: &str, needle: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            let rest = l.strip_prefix(metric).unwrap_or("");
+            (rest.starts_with('{') || rest.starts_with(' ')) && l.contains(needle)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Resident memory of a process, KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Descriptors a process has open.
+pub fn open_descriptors(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's fds")
+        .count() as u64
+}
+
+/// A process's descriptor limit.
+pub fn descriptor_limit(pid: u32) -> libc::rlimit {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill; nothing is set.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut now) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    now
+}
+
+/// Sets the descriptor limit of a process this test started; returns the old one.
+pub fn set_descriptor_limit(pid: u32, new: libc::rlimit) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both are valid rlimits; the process is one this test started.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}

@@ -49,15 +49,6 @@ pub(crate) fn metrics_when(listen: &str, within: Duration, ready: impl Fn(&str) 
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn collector_down_for_two_minutes_then_back() {
     require_root_and_cgroup_v2!();
@@ -86,7 +77,7 @@ fn collector_down_for_two_minutes_then_back() {
     let mut rss = Vec::new();
     let down = Instant::now();
     while down.elapsed() < Duration::from_secs(120) {
-        rss.push(rss_kib(pid));
+        rss.push(common::rss_kib(pid));
         assert!(!metrics(&listen).is_empty(), "/metrics stopped answering");
         std::thread::sleep(Duration::from_secs(10));
     }
