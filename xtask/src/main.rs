@@ -52,8 +52,17 @@ enum Task {
     Lab { scenario: Option<String> },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+/// An error ends the run with its cause chain on one line and no backtrace: CI keeps
+/// only the tail of the output, and a backtrace of `main` would fill it.
+fn main() {
+    if let Err(e) = run(Cli::parse().task) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Setup => setup::run(),
         Task::Build => {
             setup::build_toolchain(&mut Vec::new())?;

@@ -205,7 +205,17 @@ pub fn conclude(envs: &[EnvReport], whole_matrix: bool) -> anyhow::Result<()> {
     }
     eprintln!("\n{passed} passed, {failed} failed, {skipped} skipped");
     if failed > 0 {
-        anyhow::bail!("{failed} failed");
+        let mut which: Vec<String> = Vec::new();
+        for env in envs {
+            which.extend(env.problems.iter().map(|p| format!("{}: {p}", env.name)));
+            which.extend(
+                env.outcomes
+                    .iter()
+                    .filter(|(_, o)| **o == Outcome::Failed)
+                    .map(|(t, _)| format!("{}: {t}", env.name)),
+            );
+        }
+        anyhow::bail!("{failed} failed: {}", which.join(", "));
     }
     if whole_matrix && !nowhere.is_empty() {
         anyhow::bail!("{} tests were skipped in every environment", nowhere.len());
