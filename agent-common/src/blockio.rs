@@ -52,8 +52,11 @@ pub mod event {
     /// Completed without any device timestamp (before its queue was known to need
     /// the fallback).
     pub const NO_DEVICE_TIME: u32 = 5;
+    /// The fallback's entry for the request's address was another request's (one
+    /// that did not complete here, or another disk's): not used, no device latency.
+    pub const STALE_ISSUE: u32 = 6;
     /// Number of slots.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 7;
 }
 
 /// Key of `BLOCKIO_STATS`.

@@ -12,6 +12,11 @@
 //!   map, keyed by request. The completion program marks such queues the first time
 //!   it meets one, and only then does the agent attach this program: where every
 //!   queue keeps its timestamps (the common case) issues cost nothing.
+//!
+//! Requests and queues are known by address, and addresses are reused: a request
+//! slot serves request after request, and a removed disk's queue memory may become
+//! another disk's. So each fallback entry also holds what identifies its owner (the
+//! disk, and the request's allocation stamp), and is used only by that owner.
 //! - `block_bio_queue`: `TP_PROTO(struct bio *bio)`, in the submitter's context, and
 //!   `block_split`. Only attached where the io controller is on cgroup v1, to note the
 //!   submitting task's v2 cgroup per bio ([`owner::SUBMITTER`]).
@@ -68,12 +73,31 @@ static BLOCKIO_STATS: HashMap<IoKey, IoStats> =
 #[map]
 static BLOCKIO_ZERO: Array<IoStats> = Array::with_max_entries(1, 0);
 
-/// Fallback: issue time by request, for queues in `BLOCKIO_UNTIMED_QUEUES`. LRU: a
-/// request that never completes (aborted) is evicted, not kept forever.
-#[map]
-static BLOCKIO_ISSUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+/// A request's dispatch, noted by the issue program (the fallback).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Issued {
+    /// When it was dispatched.
+    at: u64,
+    /// Its `start_time_ns` (0 where the queue keeps none) and disk: a completion
+    /// uses the entry only if both are its own, so that a request in a reused slot
+    /// is never timed from the dispatch of an earlier one that did not complete here
+    /// (the entry of a request that completes is removed; one that is requeued is
+    /// overwritten at its next dispatch).
+    allocated: u64,
+    dev: u32,
+    _pad: u32,
+}
 
-/// Queues whose requests carry no `io_start_time_ns`, with their disk.
+/// Fallback: the dispatch by request address, for queues in
+/// `BLOCKIO_UNTIMED_QUEUES`. LRU: the entry of a request that never completes
+/// (aborted) is evicted, not kept forever.
+#[map]
+static BLOCKIO_ISSUED: LruHashMap<u64, Issued> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Queues whose requests carry no `io_start_time_ns`, by queue address, with their
+/// disk: an entry whose disk is not the queue's own is a removed disk's (the agent
+/// deletes those) and is not used.
 #[map]
 static BLOCKIO_UNTIMED_QUEUES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_QUEUES, 0);
 
@@ -103,15 +127,35 @@ pub fn blockio_complete(ctx: BtfTracePointContext) -> i32 {
 pub fn blockio_issue(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
     let rq: *const u8 = ctx.arg(0);
-    let queue = load::<u64>(rq, cfg.request_q);
-    // SAFETY: the value is not kept.
-    if unsafe { BLOCKIO_UNTIMED_QUEUES.get(&queue) }.is_none() || operation(rq, &cfg).is_none() {
+    let queue = load::<*const u8>(rq, cfg.request_q);
+    // SAFETY: the value is copied out.
+    let Some(untimed_dev) = (unsafe { BLOCKIO_UNTIMED_QUEUES.get(&(queue as u64)) }).copied()
+    else {
+        return 0;
+    };
+    let dev = disk_of(queue, &cfg);
+    if untimed_dev != dev || operation(rq, &cfg).is_none() {
         return 0;
     }
-    if BLOCKIO_ISSUED.insert(&(rq as u64), &now_ns(), 0).is_err() {
+    let issued = Issued {
+        at: now_ns(),
+        allocated: load::<u64>(rq, cfg.request_start_time_ns),
+        dev,
+        _pad: 0,
+    };
+    if BLOCKIO_ISSUED.insert(&(rq as u64), &issued, 0).is_err() {
         count(event::INFLIGHT_FULL);
     }
     0
+}
+
+/// The whole disk of a request queue, `major << 20 | minor` (the kernel's `dev_t`).
+#[inline(always)]
+fn disk_of(queue: *const u8, cfg: &BlockioConfig) -> u32 {
+    let disk = load::<*const u8>(queue, cfg.queue_disk);
+    let major = load::<u32>(disk, cfg.disk_major);
+    let minor = load::<u32>(disk, cfg.disk_first_minor);
+    major << 20 | (minor & 0xf_ffff)
 }
 
 #[btf_tracepoint(function = "block_bio_queue")]
@@ -174,12 +218,9 @@ fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
     // A partial completion adds its bytes; the request counts once, at its last one.
     let last = nr_bytes >= u64::from(load::<u32>(rq, cfg.request_data_len));
     let queue = load::<*const u8>(rq, cfg.request_q);
-    let disk = load::<*const u8>(queue, cfg.queue_disk);
-    let major = load::<u32>(disk, cfg.disk_major);
-    let minor = load::<u32>(disk, cfg.disk_first_minor);
     let key = IoKey {
         cgroup_id: owner_of(rq, &cfg),
-        dev: major << 20 | (minor & 0xf_ffff),
+        dev: disk_of(queue, &cfg),
         op,
     };
     let stats = match BLOCKIO_STATS.get_ptr_mut(&key) {
@@ -207,16 +248,23 @@ fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
     } else {
         count(event::NO_QUEUE_TIME);
     }
-    if let Some(issued) = issue_time(rq, &cfg, queue as u64, key.dev) {
+    if let Some(issued) = issue_time(rq, &cfg, queue as u64, key.dev, start) {
         // SAFETY: as above.
         unsafe { record_shared(&raw mut (*stats).device, now.saturating_sub(issued)) };
     }
     Ok(())
 }
 
-/// When the request was dispatched: its own timestamp, else the fallback's.
+/// When the request, allocated at `allocated` (its `start_time_ns`) on disk `dev`,
+/// was dispatched: its own timestamp, else the fallback's.
 #[inline(always)]
-fn issue_time(rq: *const u8, cfg: &BlockioConfig, queue: u64, dev: u32) -> Option<u64> {
+fn issue_time(
+    rq: *const u8,
+    cfg: &BlockioConfig,
+    queue: u64,
+    dev: u32,
+    allocated: u64,
+) -> Option<u64> {
     let issued = load::<u64>(rq, cfg.request_io_start_time_ns);
     if issued != 0 {
         return Some(issued);
@@ -225,13 +273,18 @@ fn issue_time(rq: *const u8, cfg: &BlockioConfig, queue: u64, dev: u32) -> Optio
     // SAFETY: the value is copied out before the entry is removed.
     if let Some(issued) = unsafe { BLOCKIO_ISSUED.get(&key) }.copied() {
         let _ = BLOCKIO_ISSUED.remove(&key);
-        count(event::DEVICE_TIME_FALLBACK);
-        return Some(issued);
+        if issued.dev == dev && issued.allocated == allocated {
+            count(event::DEVICE_TIME_FALLBACK);
+            return Some(issued.at);
+        }
+        count(event::STALE_ISSUE);
+        return None;
     }
-    // The first untimed request of this queue: from now on its issues are noted
-    // (once the agent has attached the issue program, at its next window).
-    // SAFETY: the value is not kept.
-    if unsafe { BLOCKIO_UNTIMED_QUEUES.get(&queue) }.is_none() {
+    // The first untimed request of this queue (or of a new disk whose queue has a
+    // removed one's address): from now on its issues are noted (once the agent has
+    // attached the issue program, at its next window).
+    // SAFETY: the value is copied out.
+    if unsafe { BLOCKIO_UNTIMED_QUEUES.get(&queue) }.copied() != Some(dev) {
         let _ = BLOCKIO_UNTIMED_QUEUES.insert(&queue, &dev, 0);
     }
     count(event::NO_DEVICE_TIME);

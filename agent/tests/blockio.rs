@@ -315,9 +315,10 @@ fn untimed_queue_maps() -> Vec<u64> {
 }
 
 /// No queue here lacks issue timestamps (loop and null_blk queues have writeback
-/// throttling, which turns them on), so the entry the completion program adds for
-/// such a queue is written with bpftool: the agent must attach `block_rq_issue` at
-/// the end of that window, and not before.
+/// throttling, which turns them on), so the entries the completion program adds for
+/// such queues are written with bpftool: one for a disk that exists, one for a disk
+/// that does not (removed: its entry must go, and its name with it). The agent must
+/// attach `block_rq_issue` at the end of that window, and not before.
 #[test]
 fn issue_fallback_attaches_once_a_queue_needs_it() {
     require_root_and_cgroup_v2!();
@@ -325,6 +326,21 @@ fn issue_fallback_attaches_once_a_queue_needs_it() {
         eprintln!("skipped: no bpftool");
         return;
     }
+    let Some(disk) = std::fs::read_dir("/sys/dev/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.contains(':'))
+    else {
+        eprintln!("skipped: no block devices in /sys/dev/block");
+        return;
+    };
+    let (major, minor) = disk.split_once(':').expect("MAJ:MIN");
+    let (major, minor): (u32, u32) = (major.parse().expect("major"), minor.parse().expect("minor"));
+    let removed = "7:1048575";
+    assert!(!std::path::Path::new(&format!("/sys/dev/block/{removed}")).exists());
+
     let before = untimed_queue_maps();
     let mut sampler = sampler();
     let notes = |sampler: &Sampler| {
@@ -344,34 +360,40 @@ fn issue_fallback_attaches_once_a_queue_needs_it() {
         notes(&sampler)
     );
 
-    // Maps of samplers that other tests start meanwhile get the entry too: the
-    // queue is not a real one, so their results are unchanged.
-    let queue = 0xffff_8888_dead_0000u64
-        .to_le_bytes()
-        .map(|b| b.to_string());
-    let dev = ((7u32 << 20) | 4095).to_le_bytes().map(|b| b.to_string());
+    // Maps of samplers that other tests start meanwhile get the entries too: the
+    // queues are not real ones, so their results are unchanged.
+    let bytes = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>();
+    let entries = [
+        (0xffff_8888_dead_0000u64, major << 20 | minor),
+        (0xffff_8888_dead_1000u64, (7 << 20) | 0xf_ffff),
+    ];
     for id in untimed_queue_maps()
         .into_iter()
         .filter(|id| !before.contains(id))
     {
-        let status = Command::new("bpftool")
-            .args(["map", "update", "id", &id.to_string(), "key"])
-            .args(&queue)
-            .arg("value")
-            .args(&dev)
-            .status()
-            .expect("bpftool map update");
-        assert!(status.success());
+        for (queue, dev) in entries {
+            let status = Command::new("bpftool")
+                .args(["map", "update", "id", &id.to_string(), "key"])
+                .args(bytes(&queue.to_le_bytes()))
+                .arg("value")
+                .args(bytes(&dev.to_le_bytes()))
+                .status()
+                .expect("bpftool map update");
+            assert!(status.success());
+        }
     }
     let waiting = notes(&sampler);
     assert!(
-        waiting.contains("7:4095: block_rq_issue attaches"),
+        waiting.contains(&format!("{disk}, {removed}: block_rq_issue attaches"))
+            || waiting.contains(&format!("{removed}, {disk}: block_rq_issue attaches")),
         "{waiting}"
     );
     sampler.sample(None);
     let attached = notes(&sampler);
     assert!(
-        attached.contains("timed from block_rq_issue") && attached.contains("7:4095"),
+        attached.contains(&format!(
+            "timed from block_rq_issue (the queue keeps no issue timestamp) on {disk};"
+        )),
         "{attached}"
     );
     let links = Command::new("bpftool")

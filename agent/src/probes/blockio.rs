@@ -42,6 +42,7 @@ const EVENTS: [&str; event::SLOTS as usize] = [
     "no_queue_timestamp",
     "device_time_fallback",
     "no_device_timestamp",
+    "stale_issue_entry",
 ];
 
 /// How requests are attributed here: to their bio's blkcg where the io controller is
@@ -169,6 +170,25 @@ impl Blockio {
                 Fallback::Failed(e.to_string())
             }
         };
+    }
+
+    /// Deletes the untimed-queue entries of disks that no longer exist (no
+    /// `/sys/dev/block/MAJ:MIN`): the status would name a removed disk, and its
+    /// queue's address may become another disk's.
+    pub fn forget_removed_disks(&mut self) {
+        let removed: Vec<u64> = self
+            .untimed
+            .iter()
+            .flatten()
+            .filter(|(_, dev)| {
+                let (major, minor) = dev_parts(*dev);
+                !Path::new(&format!("/sys/dev/block/{major}:{minor}")).exists()
+            })
+            .map(|(queue, _)| queue)
+            .collect();
+        for queue in removed {
+            let _ = self.untimed.remove(&queue);
+        }
     }
 
     /// Reads the cumulative counters of every (cgroup, disk, operation) into `out`

@@ -280,9 +280,11 @@ impl Probes {
     }
 
     /// Attaches the programs that wait for the kernel to show they are needed (see
-    /// [`blockio::Blockio::attach_fallback`]). Called at each window's end.
+    /// [`blockio::Blockio::attach_fallback`]), for disks that still exist. Called at
+    /// each window's end.
     pub fn attach_on_demand(&mut self) {
         if let (Some(ebpf), Ok(blockio)) = (&mut self.ebpf, &mut self.blockio) {
+            blockio.forget_removed_disks();
             blockio.attach_fallback(ebpf);
         }
     }
