@@ -199,6 +199,18 @@ fn kubernetes_names_over_the_cri() {
         (Some("checkout-7d9f"), Some("shop"))
     );
     assert_eq!(c.image.as_deref(), Some("registry.example/shop/api:1.4"));
+    // The pod's labels (on the sandbox, as kubelet puts them) and the container's own.
+    assert_eq!(
+        (
+            c.labels.get("app").map(String::as_str),
+            c.labels
+                .get("io.kubernetes.container.name")
+                .map(String::as_str)
+        ),
+        (Some("checkout"), Some("api")),
+        "{:?}",
+        c.labels
+    );
     let created = c.created_seconds.expect("created_at from the CRI");
     assert!(
         (created - 1_700_000_000.123).abs() < 1e-6,

@@ -3,7 +3,11 @@
 //! `ListContainers`. Only the fields cgscope reads are declared, with the official
 //! field numbers; unknown fields are skipped by the decoder.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::Duration,
+};
 
 use hyper_util::rt::TokioIo;
 use tonic::{
@@ -157,7 +161,9 @@ async fn list_async(socket: &Path) -> Result<Vec<ContainerMeta>, String> {
 }
 
 /// What the runtime's three replies say: one entry per container, named after its
-/// pod, and one per pod sandbox; every string sanitised.
+/// pod, and one per pod sandbox; every string sanitised. A container's labels are its
+/// pod's (kubelet puts the pod's labels, `app=web`, on the sandbox only) and its own
+/// (`io.kubernetes.container.name`), its own winning.
 pub fn containers_of(
     version: &VersionResponse,
     pods: &ListPodSandboxResponse,
@@ -168,11 +174,8 @@ pub fn containers_of(
     } else {
         Runtime::Containerd
     };
-    let sandboxes: HashMap<&str, &PodSandboxMetadata> = pods
-        .items
-        .iter()
-        .filter_map(|p| Some((p.id.as_str(), p.metadata.as_ref()?)))
-        .collect();
+    let sandboxes: HashMap<&str, &PodSandbox> =
+        pods.items.iter().map(|p| (p.id.as_str(), p)).collect();
     let labels =
         |l: &HashMap<String, String>| l.iter().map(|(k, v)| (sanitize(k), sanitize(v))).collect();
     let pod_fields = |meta: Option<&&PodSandboxMetadata>| {
@@ -186,7 +189,12 @@ pub fn containers_of(
         .containers
         .iter()
         .map(|c| {
-            let (pod, namespace, pod_uid) = pod_fields(sandboxes.get(c.pod_sandbox_id.as_str()));
+            let sandbox = sandboxes.get(c.pod_sandbox_id.as_str());
+            let (pod, namespace, pod_uid) =
+                pod_fields(sandbox.and_then(|p| p.metadata.as_ref()).as_ref());
+            let mut all_labels: BTreeMap<String, String> =
+                sandbox.map(|p| labels(&p.labels)).unwrap_or_default();
+            all_labels.extend(labels(&c.labels));
             let image = c
                 .image
                 .as_ref()
@@ -201,7 +209,7 @@ pub fn containers_of(
                 namespace,
                 pod_uid,
                 runtime,
-                labels: labels(&c.labels),
+                labels: all_labels,
                 created_seconds: (c.created_at > 0).then_some(c.created_at as f64 * 1e-9),
             }
         })
