@@ -121,3 +121,36 @@ pub fn io_stat(path: &std::path::Path, dev: &str, key: &str) -> Option<f64> {
         .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
 }
+
+/// The node's busy CPU time so far, in CPUs × seconds: `/proc/stat`'s first line
+/// without idle and iowait (guest time is already in user), in USER_HZ (100) ticks.
+pub fn host_busy_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Some(busy / 100.0)
+}
+
+/// The number of CPUs `/proc/stat` lists (the node's, not this process's allowance).
+pub fn host_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|t| {
+            t.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(1)
+}

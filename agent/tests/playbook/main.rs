@@ -273,15 +273,58 @@ fn playbook_network_latency_finds_the_queue() {
 fn playbook_host_finds_the_pinned_load() {
     require_root_and_cgroup_v2!();
     let _serial = serial();
-    let Some((s, report)) = against("host", "host") else {
+    let Some(s) = scenario("host") else {
         return;
     };
+    // The truth: how busy the whole node was while the playbook measured. A spinner
+    // pinned to CPU 0 leaves the other CPUs idle only if nothing else runs there;
+    // where something does (CI on the other core), the node is busy, and saying
+    // so first is the right answer.
+    let recorder = Recorder::start(Duration::from_millis(10), truth::host_busy_seconds);
+    let report = run(&["host"]);
+    let cpus = truth::host_cpus() as f64;
+    let (low, high) = recorder
+        .finish()
+        .rate_range_near(Duration::from_secs(3))
+        .expect("/proc/stat over the playbook's window");
+    let (low, high) = (low / cpus, high / cpus);
+    eprintln!(
+        "node busy {:.1}-{:.1}% over any 3 s",
+        low * 100.0,
+        high * 100.0
+    );
     let first = &report["findings"][0];
-    assert_eq!(first["on"], "cpu0", "{report:#}");
-    assert_eq!(
-        first["neighbours"][0]["path"],
-        s.tree.top.path.as_str(),
-        "the busiest top-level cgroup: {report:#}"
+    let expected: &[&str] = if low >= 0.95 {
+        &["host.cpu.busy"]
+    } else if high < 0.95 {
+        &["host.cpu.imbalance"]
+    } else {
+        &["host.cpu.busy", "host.cpu.imbalance"]
+    };
+    assert!(
+        expected.iter().any(|m| first["measure"] == *m),
+        "expected {expected:?} first: {report:#}"
+    );
+    assert_eq!(first["path"], s.culprit.as_str(), "{report:#}");
+    assert!(
+        findings_on(&report, &s.control).is_empty(),
+        "false alarm on the idle control: {report:#}"
+    );
+    if first["measure"] == "host.cpu.imbalance" {
+        assert_eq!(first["on"], "cpu0", "{report:#}");
+    }
+    // The pinned load is among the cgroups named under the finding (first, unless
+    // something else on the node used as much).
+    let neighbours: Vec<&Value> = first["neighbours"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        neighbours
+            .iter()
+            .any(|n| n["path"] == s.tree.top.path.as_str()),
+        "the pinned load among the busiest top-level cgroups: {report:#}"
     );
     let usage = report["readings"]
         .as_array()
