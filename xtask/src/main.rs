@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | vm | bench | lab`.
+//! Developer tasks: `cargo xtask setup | build | run | test | fuzz | vm | node | bench | lab`.
 
 mod bench;
 mod bench_probes;
@@ -7,6 +7,7 @@ mod cmd;
 mod containerfile;
 mod fuzz;
 mod lab;
+mod node;
 mod report;
 mod setup;
 mod test;
@@ -45,6 +46,9 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Run the integration tests inside qemu on other kernels (pure cgroup v2).
     Vm(vm::VmArgs),
+    /// Boot a real node (Debian bookworm, systemd, containerd, Docker, Podman) in
+    /// qemu and run the node tests there.
+    Node(node::NodeArgs),
     /// Benchmarks; prints a table with ratios against a reference.
     Bench(bench::BenchArgs),
     /// Build a playbook's scenario (real cgroups and workloads) and hold it until
@@ -80,6 +84,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Test { no_vm } => test::run(!no_vm),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Vm(args) => vm::run(&args),
+        Task::Node(args) => node::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Lab { scenario } => lab::run(scenario.as_deref()),
     }

@@ -22,6 +22,18 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cargo xtask vm: boots the 6.1 and 6.12 kernels",
     ),
     ("busybox-static", "cargo xtask vm: the VM's userland"),
+    (
+        "debootstrap",
+        "cargo xtask node: the node's Debian root file system",
+    ),
+    (
+        "qemu-utils",
+        "cargo xtask node: qemu-img, a copy-on-write overlay of the cached node",
+    ),
+    (
+        "e2fsprogs",
+        "cargo xtask node: mkfs.ext4 -d, the node's disks without mounting",
+    ),
     ("cpio", "cargo xtask vm: packs the initramfs"),
     ("binutils", "cargo xtask vm: strips the test binaries"),
     (

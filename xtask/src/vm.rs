@@ -25,13 +25,13 @@ use crate::{
 
 /// A test kernel: the Debian package pinned for repeatable runs, and the pattern
 /// for a newer build of the same series if the archive has dropped the pinned one.
-struct Kernel {
-    name: &'static str,
+pub struct Kernel {
+    pub name: &'static str,
     package: &'static str,
     pattern: &'static str,
 }
 
-const KERNELS: [Kernel; 2] = [
+pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-50-cloud-amd64",
@@ -188,7 +188,7 @@ fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Copies `src` to the same absolute path under `root`.
-fn install(root: &Path, src: &Path) -> anyhow::Result<PathBuf> {
+pub fn install(root: &Path, src: &Path) -> anyhow::Result<PathBuf> {
     let dst = root.join(src.strip_prefix("/").unwrap_or(src));
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent)?;
@@ -198,7 +198,7 @@ fn install(root: &Path, src: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Copies the directory tree `src` to the same absolute path under `root`.
-fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
+pub fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let path = entry?.path();
         if path.is_dir() {
@@ -210,20 +210,25 @@ fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The test binaries the VM runs: all but `cgscope` itself, the export tests, which
-/// need real peers (rotel, Prometheus: Python and Go programs), and the deploy tests,
-/// which need the validators (Python's kubernetes-validate and yamllint,
-/// systemd-analyze): the busybox userland lacks them; they test userspace and files
-/// only and run on the host.
+/// The test binaries the VM runs: all but `cgscope` itself; the deploy tests, which
+/// need the validators (Python's kubernetes-validate and yamllint, systemd-analyze)
+/// that the busybox userland lacks (they test files only and run on the host); and
+/// those that need a real node's userland or runtimes, which run on the node
+/// (`cargo xtask node`): the node tests, and the export tests (their peers:
+/// Prometheus, promtool, rotel-agent, openssl).
 fn is_vm_test(binary: &Path) -> bool {
     binary
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n != "cgscope" && !n.starts_with("export-") && !n.starts_with("deploy-"))
+        .is_some_and(|n| {
+            n != "cgscope"
+                && !n.starts_with("deploy-")
+                && !n.starts_with("node-")
+                && !n.starts_with("export-")
+        })
 }
 
 fn init_script(tests: &[&TestBinary]) -> String {
-    let tests: Vec<String> = tests.iter().map(|t| t.path.display().to_string()).collect();
     format!(
         r#"#!/bin/busybox sh
 # The initramfs root is writable: no tmpfs, which would hide binaries built under /tmp.
@@ -241,7 +246,20 @@ for m in $(cat /lib/modules/load-order 2>/dev/null); do
   case $m in null_blk) insmod /lib/modules/$m.ko nr_devices=1 irqmode=2 completion_nsec=5000000 ;; *) insmod /lib/modules/$m.ko ;; esac
 done
 echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-set -o pipefail
+{run_tests}poweroff -f
+"#,
+        run_tests = run_tests(tests)
+    )
+}
+
+/// Shell that runs each test binary one test at a time and prints what
+/// [`read_log`] reads: each binary's stdout again, whole, between markers (the
+/// live copy may be interleaved with kernel messages), its exit code, and at the
+/// end a mark that all ran.
+pub fn run_tests(tests: &[&TestBinary]) -> String {
+    let tests: Vec<String> = tests.iter().map(|t| t.path.display().to_string()).collect();
+    format!(
+        r#"set -o pipefail
 for t in {tests}; do
   echo "== $t"
   cd /tmp && $t --test-threads=1 --show-output | tee /tmp/cgscope-test-output
@@ -252,7 +270,6 @@ for t in {tests}; do
   echo "{RC_MARK} $rc $t"
 done
 echo {DONE_MARK}
-poweroff -f
 "#,
         tests = tests.join(" ")
     )
@@ -279,8 +296,8 @@ fn build_initramfs(
         install(&root, lib)?;
     }
     // Real tools the tests drive, with their libraries, where busybox's applets
-    // fall short: fio (io tests), setpriv, iproute2's ip (`ip netns`) and tc (netem). At the
-    // paths busybox would link its applets to, so that these win.
+    // fall short (see `TOOLS`), at the paths busybox would link its applets to, so
+    // that these win.
     for (tool, at) in TOOLS {
         let tool = Path::new(tool);
         if !tool.exists() {
@@ -320,10 +337,13 @@ fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 /// Kernel modules the tests use, loaded by init if present.
-const MODULES: [&str; 3] = ["null_blk", "veth", "sch_netem"];
+/// `tcp_diag` (with `inet_diag`): `ss` reads a socket's RTT through sock_diag.
+const MODULES: [&str; 4] = ["null_blk", "veth", "sch_netem", "tcp_diag"];
 
 /// Host tools copied into the initramfs: (source, path in the VM).
-const TOOLS: [(&str, &str); 4] = [
+const TOOLS: [(&str, &str); 5] = [
+    // iproute2's ss: the tcp tests' ground truth (the kernel's smoothed RTT).
+    ("/usr/bin/ss", "/usr/bin/ss"),
     ("/usr/bin/fio", "/usr/bin/fio"),
     // util-linux: the capabilities test starts cgscope with the DaemonSet's set.
     ("/usr/bin/setpriv", "/usr/bin/setpriv"),
@@ -407,7 +427,7 @@ fn with_modules(common: &Path, kernel_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Downloads and unpacks the kernel package once; returns its vmlinuz.
-fn fetch_kernel(kernel: &Kernel, cache: &Path) -> anyhow::Result<PathBuf> {
+pub fn fetch_kernel(kernel: &Kernel, cache: &Path) -> anyhow::Result<PathBuf> {
     let dir = cache.join(kernel.name);
     if let Some(vmlinuz) = find_vmlinuz(&dir) {
         return Ok(vmlinuz);
@@ -480,22 +500,20 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
     // static key (attaching a probe) and the other vCPU handles an IPI (seen in about
     // 1 of 5 runs under TCG; never on 6.1, never on the host). One vCPU has no
     // cross-CPU text patching.
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
+    let mut args = Command::new("qemu-system-x86_64");
+    args.args(["-m", "2048", "-smp", "1", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    qemu(args, log, timeout)
+}
+
+/// Runs `qemu` (its machine arguments given) under TCG without a display or
+/// reboots, the guest's serial console to `log`, until it exits or `timeout`.
+pub fn qemu(mut qemu: Command, log: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let mut qemu = qemu
+        .args(["-accel", "tcg", "-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
         .stderr(Stdio::inherit())
@@ -518,7 +536,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
 
 /// Adds to `env` the outcome of every test in the serial `log` of a VM that ran
 /// `tests`; a guest crash, a binary that did not run or did not finish is a problem.
-fn read_log(log: &str, tests: &[&TestBinary], env: &mut EnvReport) {
+pub fn read_log(log: &str, tests: &[&TestBinary], env: &mut EnvReport) {
     // The serial console ends lines with CRLF.
     let log = &log.replace("\r\n", "\n");
     if let Some(oops) = log

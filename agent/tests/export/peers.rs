@@ -10,8 +10,12 @@ use std::{
 
 use super::common::Peer;
 
-/// rotel-agent from the `rotel` wheel (`cargo xtask setup` installs it).
+/// rotel-agent: `$CGSCOPE_ROTEL_AGENT` where it is set (the VMs, which have no
+/// Python), else the one in the `rotel` wheel (`cargo xtask setup` installs it).
 pub fn rotel_agent() -> PathBuf {
+    if let Some(path) = std::env::var_os("CGSCOPE_ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
     let out = Command::new("python3")
         .args([
             "-c",
