@@ -135,6 +135,9 @@ fn one_window(
     }
     started();
     std::thread::sleep(duration);
+    // One window is all these commands print: its names must not depend on which
+    // runtime answered first (a socket-activated runtime can take seconds).
+    sampler.wait_for_names();
     Ok(sampler.sample(prefix))
 }
 

@@ -1,17 +1,19 @@
-//! Names from the container runtimes. All runtime I/O happens on one background
-//! thread that fills a cache; the sampler only reads the cache and asks for a
-//! refresh when it meets a container id it does not know, so a slow or hung runtime
-//! never stalls a scan (names then appear from the next window on). Every string a
-//! runtime returns is untrusted: control characters are stripped, lengths capped,
-//! and nothing is ever used to build a filesystem path.
+//! Names from the container runtimes. All runtime I/O happens on a background
+//! thread that fills a cache, asking every runtime at once (a slow one, such as a
+//! socket-activated Docker still starting, delays no other's names); the sampler
+//! only reads the cache and asks for a refresh when it meets a container id it does
+//! not know, so a slow or hung runtime never stalls a scan (names then appear from
+//! the next window on). Every string a runtime returns is untrusted: control
+//! characters are stripped, lengths capped, and nothing is ever used to build a
+//! filesystem path.
 
 pub mod cri;
 pub mod docker;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{mpsc, Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Condvar, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -88,18 +90,30 @@ struct Cache {
     containers: HashMap<String, Arc<ContainerMeta>>,
     /// Pod UID → (pod name, namespace), from any of its containers.
     pods: HashMap<String, (Option<String>, Option<String>)>,
+    /// Refreshes completed: every runtime answered or failed.
+    refreshes: u64,
+}
+
+/// The cache and the signal of each completed refresh.
+#[derive(Default)]
+struct Shared {
+    cache: Mutex<Cache>,
+    refreshed: Condvar,
 }
 
 /// The cache and its refresh thread; dropping it stops the thread.
 pub struct Metadata {
-    cache: Arc<Mutex<Cache>>,
+    cache: Arc<Shared>,
+    /// The bound on one exchange: a refresh ends within it.
+    timeout: Duration,
     wake: Option<mpsc::SyncSender<()>>,
     worker: Option<JoinHandle<()>>,
 }
 
 impl Metadata {
     pub fn start(config: MetadataConfig) -> Self {
-        let cache = Arc::new(Mutex::new(Cache::default()));
+        let cache = Arc::new(Shared::default());
+        let timeout = config.timeout;
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let shared = Arc::clone(&cache);
         let worker = std::thread::Builder::new()
@@ -109,15 +123,30 @@ impl Metadata {
             .ok();
         Self {
             cache,
+            timeout,
             wake: Some(wake),
             worker,
         }
     }
 
+    /// Waits until every runtime has answered (or failed) once, at most a refresh's
+    /// bound and a second: for commands that report one window, whose names must
+    /// not depend on which runtime happened to answer first.
+    pub fn wait_first_refresh(&self) {
+        let timeout = self.timeout + Duration::from_secs(1);
+        let Ok(cache) = self.cache.cache.lock() else {
+            return;
+        };
+        let _ = self
+            .cache
+            .refreshed
+            .wait_timeout_while(cache, timeout, |c| c.refreshes == 0);
+    }
+
     /// Fills names into pods and containers from the cache; asks for a refresh if
     /// a container is unknown. Never blocks on a runtime.
     pub fn annotate(&self, samples: &mut [CgroupSample]) {
-        let Ok(cache) = self.cache.lock() else {
+        let Ok(cache) = self.cache.cache.lock() else {
             return;
         };
         let mut unknown = false;
@@ -170,9 +199,27 @@ impl Drop for Metadata {
     }
 }
 
-/// Waits for a wake-up or the refresh period, then asks every runtime. A runtime
-/// that fails keeps its previous answers: names are not lost to a hiccup.
-fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Receiver<()>) {
+/// One runtime's answer: its containers, or why not.
+fn ask(
+    socket: &Path,
+    is_cri: bool,
+    runtime: Option<Runtime>,
+    timeout: Duration,
+) -> Result<(Option<Runtime>, Vec<ContainerMeta>), MetadataError> {
+    if is_cri {
+        return Ok((None, cri::list(socket, timeout)?));
+    }
+    let runtime = match runtime {
+        Some(r) => r,
+        None => docker::runtime(socket, timeout)?,
+    };
+    Ok((Some(runtime), docker::list(socket, runtime, timeout)?))
+}
+
+/// Waits for a wake-up or the refresh period, then asks every runtime, each on a
+/// thread of its own. A runtime that fails keeps its previous answers: names are
+/// not lost to a hiccup.
+fn refresh_loop(config: &MetadataConfig, shared: &Shared, woken: &mpsc::Receiver<()>) {
     /// A burst of unknown containers triggers one refresh, not one each.
     const MIN_GAP: Duration = Duration::from_secs(1);
     let mut runtimes: HashMap<PathBuf, Runtime> = HashMap::new();
@@ -188,23 +235,46 @@ fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Rec
         last = Some(Instant::now());
         let docker = config.docker_sockets.iter().map(|s| (s, false));
         let cri = config.cri_sockets.iter().map(|s| (s, true));
-        for (socket, is_cri) in docker.chain(cri).filter(|(s, _)| s.exists()) {
-            let answer = if is_cri {
-                cri::list(socket, config.timeout)
-            } else {
-                match runtimes.get(socket) {
-                    Some(r) => Ok(*r),
-                    None => docker::runtime(socket, config.timeout),
-                }
-                .and_then(|r| {
-                    runtimes.insert(socket.clone(), r);
-                    docker::list(socket, r, config.timeout)
+        let present: Vec<(&PathBuf, bool)> =
+            docker.chain(cri).filter(|(s, _)| s.exists()).collect();
+        let answers: Vec<_> = std::thread::scope(|scope| {
+            let asking: Vec<_> = present
+                .iter()
+                .map(|&(socket, is_cri)| {
+                    let runtime = runtimes.get(socket).copied();
+                    let thread = std::thread::Builder::new()
+                        .name("metadata-ask".into())
+                        .spawn_scoped(scope, move || ask(socket, is_cri, runtime, config.timeout));
+                    (socket, thread)
                 })
-            };
+                .collect();
+            asking
+                .into_iter()
+                .map(|(socket, thread)| {
+                    let answer = match thread {
+                        Ok(t) => t.join().unwrap_or_else(|_| {
+                            Err(MetadataError::Runtime {
+                                socket: socket.display().to_string(),
+                                what: "the exchange panicked".into(),
+                            })
+                        }),
+                        Err(e) => Err(MetadataError::Runtime {
+                            socket: socket.display().to_string(),
+                            what: format!("cannot start a thread: {e}"),
+                        }),
+                    };
+                    (socket, answer)
+                })
+                .collect()
+        });
+        for (socket, answer) in answers {
             match answer {
-                Ok(list) => {
+                Ok((runtime, list)) => {
                     if last_error.remove(socket).is_some() {
                         log::info!("container runtime at {} answers again", socket.display());
+                    }
+                    if let Some(r) = runtime {
+                        runtimes.insert(socket.clone(), r);
                     }
                     by_socket.insert(socket.clone(), list);
                 }
@@ -227,8 +297,10 @@ fn refresh_loop(config: &MetadataConfig, cache: &Mutex<Cache>, woken: &mpsc::Rec
                 .containers
                 .insert(meta.id.clone(), Arc::new(meta.clone()));
         }
-        if let Ok(mut cache) = cache.lock() {
+        if let Ok(mut cache) = shared.cache.lock() {
+            fresh.refreshes = cache.refreshes + 1;
             *cache = fresh;
+            shared.refreshed.notify_all();
         }
         match woken.recv_timeout(config.refresh) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -179,6 +179,12 @@ impl Sampler {
         &self.probes
     }
 
+    /// Waits until every container runtime has answered once: see
+    /// [`Metadata::wait_first_refresh`].
+    pub fn wait_for_names(&self) {
+        self.metadata.wait_first_refresh();
+    }
+
     /// Ends the current window and returns it; the next window starts now.
     /// `prefix` keeps only cgroups at or below that path.
     pub fn sample(&mut self, prefix: Option<&str>) -> Snapshot {
