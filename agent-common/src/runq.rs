@@ -56,9 +56,13 @@ pub struct TaskOffsets {
     pub task_tgid: u32,
     /// `task_struct.comm` (`char[16]`)
     pub task_comm: u32,
+    /// `kernfs_node.parent` (`struct kernfs_node *`; `__parent` since 6.15): a
+    /// cgroup's parent directory, whose id is the parent cgroup's.
+    pub kernfs_node_parent: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

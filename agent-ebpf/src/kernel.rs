@@ -34,6 +34,8 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     kernfs_node_id: 0,
     task_tgid: 0,
     task_comm: 0,
+    kernfs_node_parent: 0,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -94,13 +96,34 @@ pub fn cgroup_id(cgroup: *const u8, off: &TaskOffsets) -> Option<u64> {
     }
 }
 
+/// `task->cgroups->dfl_cgrp`: the cgroup v2 of any task.
+#[inline(always)]
+pub fn task_cgroup(task: *const u8, off: &TaskOffsets) -> *const u8 {
+    let css_set = load::<*const u8>(task, off.task_cgroups);
+    load::<*const u8>(css_set, off.css_set_dfl_cgrp)
+}
+
 /// `task->cgroups->dfl_cgrp->kn->id`: the cgroup v2 id of any task, the value
 /// `bpf_get_current_cgroup_id()` returns for the current one.
 #[inline(always)]
 pub fn task_cgroup_id(task: *const u8, off: &TaskOffsets) -> Result<u64, u32> {
-    let css_set = load::<*const u8>(task, off.task_cgroups);
-    let cgroup = load::<*const u8>(css_set, off.css_set_dfl_cgrp);
-    cgroup_id(cgroup, off).ok_or(drop::READ_FAILED)
+    cgroup_id(task_cgroup(task, off), off).ok_or(drop::READ_FAILED)
+}
+
+/// The ids of the ancestors of `cgroup`, parent first, up to `N` (0 past the root):
+/// the chain of its directory's `kernfs_node` parents.
+#[inline(always)]
+pub fn cgroup_ancestors<const N: usize>(cgroup: *const u8, off: &TaskOffsets) -> [u64; N] {
+    let mut ids = [0u64; N];
+    let mut kn = load::<*const u8>(cgroup, off.cgroup_kn);
+    for id in ids.iter_mut() {
+        kn = load::<*const u8>(kn, off.kernfs_node_parent);
+        if kn.is_null() {
+            break;
+        }
+        *id = load::<u64>(kn, off.kernfs_node_id);
+    }
+    ids
 }
 
 /// Adds one to slot `slot` of a per-CPU counter array.

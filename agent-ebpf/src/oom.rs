@@ -16,7 +16,10 @@ use aya_ebpf::{
 };
 use cgscope_common::oom::{drop, OomVictim, MAX_VICTIMS};
 
-use crate::kernel::{bump, offsets, task_cgroup_id, task_comm, task_tgid, ROOT_CGROUP_ID};
+use crate::kernel::{
+    bump, cgroup_ancestors, offsets, task_cgroup, task_cgroup_id, task_comm, task_tgid,
+    ROOT_CGROUP_ID,
+};
 
 /// Kills not yet read by the agent.
 #[map]
@@ -56,6 +59,7 @@ fn report(victim: *const u8) {
         pid: task_tgid(victim, &off),
         _pad: 0,
         comm: task_comm(victim, &off),
+        ancestors: cgroup_ancestors(task_cgroup(victim, &off), &off),
     };
     if OOM_VICTIMS.push(&killed, 0).is_err() {
         count(drop::QUEUE_FULL);

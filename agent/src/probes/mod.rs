@@ -190,6 +190,11 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
         kernfs_node_id: btf.offset_of("kernfs_node", "id", 8)?,
         task_tgid: btf.offset_of("task_struct", "tgid", 4)?,
         task_comm: btf.offset_of("task_struct", "comm", 16)?,
+        // Renamed `__parent` in 6.15 (RCU-protected since).
+        kernfs_node_parent: btf
+            .offset_of("kernfs_node", "parent", 8)
+            .or_else(|_| btf.offset_of("kernfs_node", "__parent", 8))?,
+        _pad: 0,
     })
 }
 

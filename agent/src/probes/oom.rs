@@ -6,7 +6,7 @@ use aya::{
     programs::FEntry,
     Ebpf,
 };
-use cgscope_common::oom::{drop, OomVictim};
+use cgscope_common::oom::{drop, OomVictim, MAX_ANCESTORS};
 
 use super::{attach_all, counters, take_map, ProbeError};
 use crate::sample::ProbeStatus;
@@ -23,9 +23,27 @@ const DROP_REASONS: [&str; drop::SLOTS as usize] = ["queue_full", "cgroup_unread
 /// One OOM kill, as the agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OomKill {
+    /// The victim's own cgroup.
     pub cgroup_id: u64,
     pub pid: u32,
     pub command: String,
+    /// Its cgroup's ancestors at the kill, parent first (0 past the root).
+    pub ancestors: [u64; MAX_ANCESTORS],
+    /// The cgroup whose window counts the kill: the victim's own, or, where that
+    /// is gone before the walk, its nearest ancestor that is there (see
+    /// [`OomKill::count_in_nearest`]).
+    pub counted_in: u64,
+}
+
+impl OomKill {
+    /// Counts the kill in its own cgroup if `walked` has it, else in the nearest
+    /// ancestor `walked` has; a kill with none stays with its own cgroup id.
+    pub fn count_in_nearest(&mut self, walked: impl Fn(u64) -> bool) {
+        self.counted_in = std::iter::once(self.cgroup_id)
+            .chain(self.ancestors.iter().copied().take_while(|&id| id != 0))
+            .find(|&id| walked(id))
+            .unwrap_or(self.cgroup_id);
+    }
 }
 
 impl From<&OomVictim> for OomKill {
@@ -40,6 +58,8 @@ impl From<&OomVictim> for OomKill {
             cgroup_id: v.cgroup_id,
             pid: v.pid,
             command,
+            ancestors: v.ancestors,
+            counted_in: v.cgroup_id,
         }
     }
 }
@@ -119,6 +139,7 @@ mod tests {
             pid: 42,
             _pad: 0,
             comm,
+            ancestors: [0; MAX_ANCESTORS],
         });
         assert_eq!((kill.pid, kill.command.as_str()), (42, "hog?[m"));
         let full = OomKill::from(&OomVictim {
@@ -129,8 +150,30 @@ mod tests {
                 pid: 1,
                 _pad: 0,
                 comm: [0; 16],
+                ancestors: [0; MAX_ANCESTORS],
             }
         });
         assert_eq!(full.command, "abcdefghijklmnop");
+    }
+
+    #[test]
+    fn a_kill_in_a_cgroup_gone_counts_for_its_nearest_walked_ancestor() {
+        let mut ancestors = [0; MAX_ANCESTORS];
+        ancestors[..4].copy_from_slice(&[40, 30, 20, 1]);
+        let mut kill = OomKill::from(&OomVictim {
+            cgroup_id: 50,
+            time_ns: 1,
+            pid: 9,
+            _pad: 0,
+            comm: [0; 16],
+            ancestors,
+        });
+        kill.count_in_nearest(|id| [1, 20, 30, 50].contains(&id));
+        assert_eq!(kill.counted_in, 50, "its own cgroup, where it is there");
+        kill.count_in_nearest(|id| [1, 20, 30].contains(&id));
+        assert_eq!(kill.counted_in, 30, "the pod, when the container is gone");
+        kill.count_in_nearest(|id| id == 99);
+        assert_eq!(kill.counted_in, 50, "nothing walked: its own id");
+        assert_eq!(kill.cgroup_id, 50, "the victim's cgroup is still named");
     }
 }

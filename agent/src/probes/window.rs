@@ -223,7 +223,7 @@ impl ProbeReader {
         if !(now.runq.contains_key(&id)
             || now.io_keys.contains_key(&id)
             || now.tcp_keys.contains_key(&id)
-            || now.oom.iter().any(|k| k.cgroup_id == id))
+            || now.oom.iter().any(|k| k.counted_in == id))
         {
             return None;
         }
@@ -257,7 +257,7 @@ impl ProbeReader {
                 }
             })
             .collect();
-        let oom = self.now.oom.iter().filter(|k| k.cgroup_id == id);
+        let oom = self.now.oom.iter().filter(|k| k.counted_in == id);
         let mut tcp = TcpWindow::default();
         for key in self.now.tcp_keys.get(&id).into_iter().flatten() {
             tcp.add(&TcpWindow::since(
@@ -272,6 +272,20 @@ impl ProbeReader {
             tcp,
         };
         (!window.is_empty()).then(|| Box::new(window))
+    }
+
+    /// Counts each OOM kill of this reading in the nearest of its cgroups that the
+    /// agent knows (`known`: walked now or last window): the cgroup of a killed
+    /// container is often gone before the walk, and its pod is not.
+    pub fn place_oom_kills(&mut self, known: impl Fn(u64) -> bool) {
+        for kill in &mut self.now.oom {
+            kill.count_in_nearest(&known);
+        }
+    }
+
+    /// Whether this reading has OOM kills.
+    pub fn has_oom_kills(&self) -> bool {
+        !self.now.oom.is_empty()
     }
 
     /// Every cgroup id the probes hold data for.

@@ -215,6 +215,13 @@ impl Sampler {
             }
         };
 
+        if self.kernel.has_oom_kills() {
+            let known: HashSet<u64> = (self.dirs.iter().map(|d| d.id))
+                .chain(self.previous.keys().copied())
+                .collect();
+            self.kernel.place_oom_kills(|id| known.contains(&id));
+        }
+
         let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
         // Samples are built in place (each is about 1 KB: moving them costs); per
         // walked cgroup, the index of its sample, if it exists and is wanted.
