@@ -3,7 +3,7 @@
 //! Data flows one way: kernel maps and cgroupfs → sampler → snapshot → consumers.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -110,6 +110,9 @@ pub struct Sampler {
     netns: NetnsReader,
     host_reader: HostReader,
     metadata: Metadata,
+    /// Whether a scan has set the baselines (the first only reads them: its
+    /// samples, counters since each cgroup's creation, are never reported).
+    baselined: bool,
 }
 
 /// Finds the cgroup v2 root and the host's cgroup mode.
@@ -170,6 +173,7 @@ impl Sampler {
             netns: NetnsReader::default(),
             host_reader: HostReader::default(),
             metadata: Metadata::start(config.metadata.clone()),
+            baselined: false,
         };
         let _baseline = sampler.sample(None);
         Ok(sampler)
@@ -452,12 +456,30 @@ impl Sampler {
         // The last line of defence: a value no true window can hold (a broken
         // baseline) is refused, never reported.
         let cpus = self.host.window.cpu.as_ref().map(|c| c.cpus);
-        if let Some(bounds) = Bounds::now(cpus, seconds) {
+        // Not on the first scan, whose "windows" are whole lifetimes (on the node:
+        // the root's 841 s of CPU in the 0.08 s since the sampler started, refused
+        // and logged for a window nobody reads).
+        let bounds = Bounds::now(cpus, seconds).filter(|_| self.baselined);
+        self.baselined = true;
+        if let Some(bounds) = bounds {
             for c in &mut cgroups {
                 let Some(what) = c.impossible(&bounds) else {
                     continue;
                 };
-                let error = format!("{what} impossible in this window: refused");
+                // What was refused, so that a broken baseline can be told from a
+                // clock that jumped.
+                let detail = match what {
+                    "cpu_time" => format!(
+                        " ({:.3} s of CPU, {:.3} user, {:.3} system in {:.3} s on {} CPUs)",
+                        c.cpu.usage_seconds.unwrap_or(f64::NAN),
+                        c.cpu.user_seconds.unwrap_or(f64::NAN),
+                        c.cpu.system_seconds.unwrap_or(f64::NAN),
+                        c.stats_seconds(seconds),
+                        bounds.cpus
+                    ),
+                    _ => String::new(),
+                };
+                let error = format!("{what} impossible in this window{detail}: refused");
                 scan.count("impossible", 1);
                 scan.note(format!("{}: {error}", c.path));
                 *c = CgroupSample {
