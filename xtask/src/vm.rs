@@ -248,21 +248,21 @@ done
 echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 {run_tests}poweroff -f
 "#,
-        run_tests = run_tests(tests)
+        run_tests = run_tests(tests, "")
     )
 }
 
-/// Shell that runs each test binary one test at a time and prints what
-/// [`read_log`] reads: each binary's stdout again, whole, between markers (the
-/// live copy may be interleaved with kernel messages), its exit code, and at the
-/// end a mark that all ran.
-pub fn run_tests(tests: &[&TestBinary]) -> String {
+/// Shell that runs each test binary one test at a time (with `extra` arguments)
+/// and prints what [`read_log`] reads: each binary's stdout again, whole, between
+/// markers (the live copy may be interleaved with kernel messages), its exit code,
+/// and at the end a mark that all ran.
+pub fn run_tests(tests: &[&TestBinary], extra: &str) -> String {
     let tests: Vec<String> = tests.iter().map(|t| t.path.display().to_string()).collect();
     format!(
         r#"set -o pipefail
 for t in {tests}; do
   echo "== $t"
-  cd /tmp && $t --test-threads=1 --show-output | tee /tmp/cgscope-test-output
+  cd /tmp && $t --test-threads=1 --show-output {extra} | tee /tmp/cgscope-test-output
   rc=$?
   echo "{OUTPUT_MARK} $t"
   cat /tmp/cgscope-test-output
