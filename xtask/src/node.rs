@@ -378,7 +378,10 @@ echo "node: system $state after $(cut -d' ' -f1 /proc/uptime) s"
 systemctl --no-pager --failed --plain --no-legend | sed 's/^/node: failed unit: /'
 cp -a /opt/cgscope/root/. /
 export CGSCOPE_ROTEL_AGENT={rotel}
-{run_tests}systemctl poweroff
+{run_tests}# At once: stopping the runtimes and their pods cleanly takes minutes under TCG,
+# and the root disk is a throwaway overlay.
+sync
+systemctl poweroff --force --force
 "#,
         run_tests = vm::run_tests(tests, "--include-ignored"),
         rotel = ROTEL_AGENT,
