@@ -42,6 +42,13 @@ pub struct SamplingOptions {
           default_values = DEFAULT_CRI_SOCKETS, value_name = "PATH")]
     pub cri_sockets: Vec<PathBuf>,
 
+    /// Bound on one exchange with a container runtime (e.g. 2s, 10s). Names wait
+    /// for it, never a scan; raise it where a runtime answers slowly (Podman's
+    /// service lists containers in seconds on a loaded node).
+    #[arg(long, env = "CGSCOPE_RUNTIME_TIMEOUT", default_value = "2s",
+          value_parser = parse_runtime_timeout, value_name = "DURATION")]
+    pub runtime_timeout: Duration,
+
     /// The eBPF probes to attach; the others are reported as disabled.
     #[arg(long, env = "CGSCOPE_PROBES", value_delimiter = ',', default_values = crate::probes::ALL,
           value_parser = clap::builder::PossibleValuesParser::new(crate::probes::ALL))]
@@ -59,6 +66,7 @@ impl SamplingOptions {
             metadata: MetadataConfig {
                 docker_sockets: self.docker_sockets.clone(),
                 cri_sockets: self.cri_sockets.clone(),
+                timeout: self.runtime_timeout,
                 ..MetadataConfig::default()
             },
             drop_capabilities: false,
@@ -183,6 +191,15 @@ fn parse_max_series(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A runtime's bound: humantime syntax, between 100 ms and 1 minute.
+fn parse_runtime_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 2s, 10s)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{s:?}: must be between 100ms and 1m"));
+    }
+    Ok(d)
+}
+
 fn parse_age(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 30s, 5m)"))
 }
@@ -295,6 +312,8 @@ mod tests {
 
     #[test]
     fn intervals() {
+        assert_eq!(parse_runtime_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_runtime_timeout("0s").is_err() && parse_runtime_timeout("2m").is_err());
         assert_eq!(parse_interval("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_interval("0s").is_err());
