@@ -17,7 +17,7 @@ use super::{
     cri::container_state,
     pods::{ContainerSpec, PodSpec},
     runtimes::{self, Driver, BUSYBOX},
-    snapshot_json, BIN,
+    snapshot_json, BIN, RUNTIME_TIMEOUT,
 };
 
 /// A busy loop limited to 0.2 CPU: throttled in almost every 100 ms period.
@@ -99,6 +99,7 @@ fn an_oom_kill_is_the_container_the_runtime_reports_oomkilled() {
     // pod's cgroup (a parent counts its descendants' kills, naming their cgroup).
     let agent = Command::new(BIN)
         .args(["snapshot", "--format", "json", "--duration", "40s"])
+        .args(["--runtime-timeout", RUNTIME_TIMEOUT])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -182,6 +183,7 @@ fn a_noisy_pod_on_the_same_cpu_is_the_victims_neighbour() {
 
     let out = Command::new(BIN)
         .args(["playbook", "run", "cpu-contention", "--target", &target])
+        .args(["--runtime-timeout", RUNTIME_TIMEOUT])
         .args(["--duration", "3s", "--format", "json"])
         .output()
         .expect("cgscope playbook run");

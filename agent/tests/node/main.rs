@@ -37,14 +37,20 @@ macro_rules! require_node {
     };
 }
 
-// After the macro: its tests use it.
+// After the macro: their tests use it.
+mod image;
 mod limits;
+
+/// How long cgscope may wait for a runtime here: under TCG, Podman's service takes
+/// seconds to list its containers (2 s, the default, suits a real node).
+const RUNTIME_TIMEOUT: &str = "20s";
 
 /// One cgscope window of 2 s over the whole node.
 fn snapshot_json() -> Value {
     let started = Instant::now();
     let out = Command::new(BIN)
         .args(["snapshot", "--format", "json", "--duration", "2s"])
+        .args(["--runtime-timeout", RUNTIME_TIMEOUT])
         .output()
         .expect("cgscope snapshot");
     assert!(

@@ -180,6 +180,8 @@ impl Cri {
     /// RunPodSandbox, as kubelet's first step for a new pod: the pause container in
     /// the pod's cgroup and network namespace. Returns the sandbox id.
     pub fn run_pod(&self, pod: &PodSpec) -> String {
+        // kubelet makes the pod's log directory first; containers log into it.
+        std::fs::create_dir_all(&pod.config.log_directory).expect("the pod's log directory");
         let id = self.run_pod_sandbox(&pod.config);
         eprintln!("node: pod {} is sandbox {id}", pod.name());
         id
