@@ -208,6 +208,33 @@ impl TestTree {
         format!("{}/{rel}", self.top.path)
     }
 
+    /// [`Self::mkdir`], enabling at each level every controller the level has for
+    /// its children, as a runtime delegates them (containerd, systemd): `rel` then
+    /// has `cpu.max`, `memory.*` and `io.stat` wherever the host's root offers them
+    /// (a hybrid host's offers none).
+    pub fn mkdir_delegated(&mut self, rel: &str) -> String {
+        let mut dir = self.top.dir.clone();
+        for part in rel.split('/') {
+            let offered =
+                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            let enable: Vec<String> = offered
+                .split_whitespace()
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !enable.is_empty() {
+                std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
+                    .unwrap_or_else(|e| panic!("enable {enable:?} in {}: {e}", dir.display()));
+            }
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.dirs.push(dir.clone());
+            }
+        }
+        format!("{}/{rel}", self.top.path)
+    }
+
     /// Forks a child running `body` (after `setup` ran in it) into the cgroup `rel`.
     pub fn spawn(&mut self, rel: &str, setup: impl FnOnce(), body: fn() -> !) -> Pid {
         // SAFETY: the child runs `setup` (a raw syscall) and `body`: nothing that

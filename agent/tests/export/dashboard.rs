@@ -87,7 +87,7 @@ fn every_panel_and_variable_of_the_dashboard_returns_series() {
         POD_UID.replace('-', "_")
     );
     let container = format!("{pod}/cri-containerd-{CONTAINER_ID}.scope");
-    tree.mkdir(&container);
+    tree.mkdir_delegated(&container);
     let netns = TestNetns::create();
     for _ in 0..2 {
         let pid = tree.spawn(&container, netns.enter(), common::spin);

@@ -41,7 +41,7 @@ fn busy_container(name: &str) -> (TestTree, String) {
         POD_UID.replace('-', "_")
     );
     let container = format!("{pod}/cri-containerd-{CONTAINER_ID}.scope");
-    let path = tree.mkdir(&container);
+    let path = tree.mkdir_delegated(&container);
     for _ in 0..2 {
         let pid = tree.spawn(&container, || {}, spin);
         common::pin(pid, 0);
