@@ -196,16 +196,7 @@ impl TestTree {
     /// Creates `rel` (and its parents) below the top; returns its path as cgscope
     /// reports it.
     pub fn mkdir(&mut self, rel: &str) -> String {
-        let mut dir = self.top.dir.clone();
-        for part in rel.split('/') {
-            dir.push(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.dirs.push(dir.clone());
-            }
-        }
-        format!("{}/{rel}", self.top.path)
+        self.make(rel, false)
     }
 
     /// [`Self::mkdir`], enabling at each level every controller the level has for
@@ -213,17 +204,25 @@ impl TestTree {
     /// has `cpu.max`, `memory.*` and `io.stat` wherever the host's root offers them
     /// (a hybrid host's offers none).
     pub fn mkdir_delegated(&mut self, rel: &str) -> String {
+        self.make(rel, true)
+    }
+
+    /// Creates `rel` level by level; with `delegate`, each level first enables for
+    /// its children every controller it has.
+    fn make(&mut self, rel: &str, delegate: bool) -> String {
         let mut dir = self.top.dir.clone();
         for part in rel.split('/') {
-            let offered =
-                std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-            let enable: Vec<String> = offered
-                .split_whitespace()
-                .map(|c| format!("+{c}"))
-                .collect();
-            if !enable.is_empty() {
-                std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
-                    .unwrap_or_else(|e| panic!("enable {enable:?} in {}: {e}", dir.display()));
+            if delegate {
+                let offered =
+                    std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                let enable: Vec<String> = offered
+                    .split_whitespace()
+                    .map(|c| format!("+{c}"))
+                    .collect();
+                if !enable.is_empty() {
+                    std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
+                        .unwrap_or_else(|e| panic!("enable {enable:?} in {}: {e}", dir.display()));
+                }
             }
             dir.push(part);
             if !dir.exists() {
