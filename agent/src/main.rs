@@ -141,9 +141,21 @@ fn one_window(
     Ok(sampler.sample(prefix))
 }
 
+/// Says on stderr when a one-window command's window starts, for whoever starts the
+/// workload to look at (the probes take seconds to load on a slow machine).
+fn say_window_starts(command: &str, duration: Duration) {
+    eprintln!("cgscope: {command}: sampling a {duration:?} window");
+}
+
 fn snapshot_command(config: &SnapshotConfig) -> anyhow::Result<()> {
     let sampling = config.sampling.sampler();
-    let snapshot = one_window(&sampling, config.duration, config.cgroup.as_deref(), || {})?;
+    let started = || say_window_starts("snapshot", config.duration);
+    let snapshot = one_window(
+        &sampling,
+        config.duration,
+        config.cgroup.as_deref(),
+        started,
+    )?;
     match config.format {
         SnapshotFormat::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
         SnapshotFormat::Table => print!("{}", table::render(&snapshot)),
@@ -172,13 +184,7 @@ fn playbook_command(command: PlaybookCommand) -> anyhow::Result<()> {
         PlaybookCommand::Explain { name } => print!("{}", playbook::find(&name)?.page),
         PlaybookCommand::Run(config) => {
             let playbook = playbook::find(&config.name)?;
-            // Say when the window starts, for whoever starts the workload to look at.
-            let started = || {
-                eprintln!(
-                    "cgscope: {}: sampling a {:?} window",
-                    playbook.name, config.duration
-                )
-            };
+            let started = || say_window_starts(&playbook.name, config.duration);
             let snapshot = one_window(&config.sampling.sampler(), config.duration, None, started)?;
             let targets = playbook::run::examined(&playbook, &snapshot, config.target.as_deref());
             if targets.is_empty() {

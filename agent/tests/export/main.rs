@@ -7,6 +7,7 @@
 mod common;
 mod dashboard;
 mod failures;
+mod panels;
 mod peers;
 mod pipeline;
 mod tls;

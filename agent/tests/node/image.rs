@@ -17,8 +17,9 @@ use super::{
         LinuxContainerResources, LinuxContainerSecurityContext, Mount, NamespaceOption,
         SecurityProfile,
     },
+    log_lines,
     pods::{ContainerSpec, PodSpec},
-    runtimes::{self, sh, Driver, BUSYBOX},
+    runtimes::{self, sh, Driver, BUSYBOX, GATEWAY},
     BIN,
 };
 
@@ -188,15 +189,6 @@ fn daemonset_container(node_ip: &str) -> (ContainerConfig, i32) {
     (config, pid)
 }
 
-/// The lines a CRI container wrote, from its log file (`<time> <stream> <tag> <line>`).
-fn log_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
-        .collect()
-}
-
 #[test]
 #[ignore = "needs the real node: cargo xtask node"]
 fn the_image_under_the_daemonsets_confinement_attaches_every_probe_and_names_pods() {
@@ -216,7 +208,7 @@ fn the_image_under_the_daemonsets_confinement_attaches_every_probe_and_names_pod
         &runtimes::uid(),
         Driver::Systemd,
     );
-    let (mut config, pid) = daemonset_container("10.22.0.1");
+    let (mut config, pid) = daemonset_container(GATEWAY);
     if let Some(sandbox) = agent.config.linux.as_mut() {
         let options = sandbox
             .security_context

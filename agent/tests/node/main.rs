@@ -12,10 +12,16 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod cri;
+#[path = "../export/panels.rs"]
+mod panels;
+// The export tests' peers; the node runs Prometheus only.
+#[allow(dead_code)]
+#[path = "../export/peers.rs"]
+mod peers;
 mod pods;
 mod runtimes;
 
-use std::{collections::BTreeMap, process::Command, time::Instant};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
 
 use pods::{ContainerSpec, PodSpec};
 use runtimes::{sh, Driver, BUSYBOX};
@@ -40,6 +46,17 @@ macro_rules! require_node {
 // After the macro: their tests use it.
 mod image;
 mod limits;
+mod scrape;
+mod traffic;
+
+/// The lines a CRI container wrote, from its log file (`<time> <stream> <tag> <line>`).
+fn log_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
+        .collect()
+}
 
 /// How long cgscope may wait for a runtime here: under TCG, Podman's service takes
 /// seconds to list its containers (2 s, the default, suits a real node).

@@ -115,6 +115,10 @@ const CNI: &str = r#"{
 }
 "#;
 
+/// The node's address on the CNI bridge (the first of the subnet's), which the
+/// pods route through.
+pub const GATEWAY: &str = "10.22.0.1";
+
 /// containerd's configuration for `driver`: the CRI with the local pause image (never
 /// pulled), runc through systemd or not, Debian's CNI plugins.
 fn containerd_config(driver: Driver) -> String {
