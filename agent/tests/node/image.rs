@@ -278,6 +278,6 @@ fn the_image_under_the_daemonsets_confinement_attaches_every_probe_and_names_pod
         "node: the agent's own log:\n{}",
         log_lines(&log_dir.join("run.log")).join("\n")
     );
-    cri.remove_pod(&agent_pod);
-    cri.remove_pod(&web_pod);
+    cri.remove_pod(&agent_pod, &agent);
+    cri.remove_pod(&web_pod, &web);
 }

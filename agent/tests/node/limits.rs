@@ -81,7 +81,7 @@ fn a_pod_at_its_cpu_quota_is_throttled_as_cpu_stat_says() {
         c["cpu"]["throttled_periods"].as_u64().unwrap_or(0) > 0,
         "{c:#}"
     );
-    cri.remove_pod(&pod_id);
+    cri.remove_pod(&pod_id, &pod);
 }
 
 /// A container that outgrows its 32 MiB: the kernel kills it, containerd reports
@@ -158,7 +158,7 @@ fn an_oom_kill_is_the_container_the_runtime_reports_oomkilled() {
             .any(|(path, _)| path.as_str() == pod.cgroup_path()),
         "{kills:?}"
     );
-    cri.remove_pod(&pod_id);
+    cri.remove_pod(&pod_id, &pod);
 }
 
 /// Two pods on one CPU (as the static CPU manager, or plain bad luck, puts them):
@@ -211,6 +211,6 @@ fn a_noisy_pod_on_the_same_cpu_is_the_victims_neighbour() {
             .any(|n| *n == noisy.container_path(&noisy_id) || *n == noisy.cgroup_path()),
         "the noisy pod among the neighbours: {report:#}"
     );
-    cri.remove_pod(&victim_pod);
-    cri.remove_pod(&noisy_pod);
+    cri.remove_pod(&victim_pod, &victim);
+    cri.remove_pod(&noisy_pod, &noisy);
 }

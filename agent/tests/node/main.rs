@@ -40,7 +40,22 @@ macro_rules! require_node {
             eprintln!("skipped: not on the real node (cargo xtask node boots one)");
             return;
         }
+        let _took = crate::Took(std::time::Instant::now());
     };
+}
+
+/// Says how long the test it lives in took, when it ends (passed or not): the node's
+/// phases are the tests, and the node's budget is minutes.
+struct Took(Instant);
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        eprintln!(
+            "node: {} took {:.1} s",
+            std::thread::current().name().unwrap_or("a test"),
+            self.0.elapsed().as_secs_f64()
+        );
+    }
 }
 
 // After the macro: their tests use it.
@@ -155,7 +170,7 @@ fn cri_pod_is_found_and_named(driver: Driver) {
     assert_eq!(p["container"]["pod_uid"], uid.as_str());
     assert_eq!(p["container"]["pod"], "web-1");
 
-    cri.remove_pod(&pod_id);
+    cri.remove_pod(&pod_id, &pod);
 }
 
 #[test]

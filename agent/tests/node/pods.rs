@@ -10,7 +10,7 @@ use super::{
         LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
     },
-    runtimes::Driver,
+    runtimes::{sh, Driver},
 };
 
 /// The CFS period kubelet uses for every container (`cpu.cfs_period_us` 100 ms).
@@ -196,11 +196,25 @@ impl Cri {
     }
 
     /// StopPodSandbox then RemovePodSandbox, as kubelet deletes a pod (containerd
-    /// removes the pod's containers with it).
-    pub fn remove_pod(&self, pod_id: &str) {
+    /// removes the pod's containers with it), then the pod's cgroup, as kubelet's
+    /// pod cleanup destroys it (the runtime never made it its own): through
+    /// systemd under its driver, `rmdir` under cgroupfs.
+    pub fn remove_pod(&self, pod_id: &str, pod: &PodSpec) {
         self.stop_pod_sandbox(pod_id)
             .unwrap_or_else(|e| panic!("StopPodSandbox {pod_id}: {e:#}"));
         self.remove_pod_sandbox(pod_id)
             .unwrap_or_else(|e| panic!("RemovePodSandbox {pod_id}: {e:#}"));
+        let path = pod.cgroup_path();
+        match pod.driver {
+            Driver::Systemd => {
+                let slice = path.rsplit('/').next().unwrap_or(path);
+                sh(&format!("systemctl stop {slice}"));
+            }
+            Driver::Cgroupfs => {
+                let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+                std::fs::remove_dir(&dir)
+                    .unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+            }
+        }
     }
 }

@@ -58,5 +58,5 @@ fn every_dashboard_query_returns_series_on_the_node() {
         no_source.is_empty(),
         "panels without a source on a pure cgroup v2 node: {no_source:?}"
     );
-    cri.remove_pod(&pod_id);
+    cri.remove_pod(&pod_id, &pod);
 }

@@ -358,7 +358,7 @@ fn a_pods_io_and_tcp_are_its_own_and_its_deletion_leaves_no_map_entries() {
         );
     }
 
-    cri.remove_pod(&pod_id);
+    cri.remove_pod(&pod_id, &pod);
     assert!(
         !pod_dir.exists(),
         "the pod's cgroup outlived RemovePodSandbox"
