@@ -242,6 +242,10 @@ fn kubernetes_names_over_the_cri() {
 #[test]
 fn a_real_containerd_answers() {
     require_root_and_cgroup_v2!();
+    if let Some(why) = common::runtime_skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
     if std::process::Command::new("containerd")
         .arg("--version")
         .output()

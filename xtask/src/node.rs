@@ -72,7 +72,7 @@ const RECIPE: u32 = 1;
 const KERNEL: usize = 0;
 
 /// Boot and run time allowed; the node tests themselves bound each phase.
-const TIMEOUT: Duration = Duration::from_secs(1500);
+pub const TIMEOUT: Duration = Duration::from_secs(1500);
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
@@ -88,9 +88,10 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
 
 /// The test binaries that run on the node: those of `agent/tests/node/`, whose
 /// tests are `#[ignore]`d elsewhere (they need this node) and run here with
-/// `--include-ignored`.
+/// `--include-ignored`, and those with a test that starts a real runtime's daemon
+/// (skipped elsewhere: runtimes run only here).
 fn is_node_test(binary: &TestBinary) -> bool {
-    binary.is_test && binary.label == "node"
+    binary.is_test && ["node", "cri", "metadata"].contains(&binary.label.as_str())
 }
 
 /// Boots the node and runs the node tests there: one report.
@@ -376,6 +377,8 @@ fn node_script(tests: &[&TestBinary]) -> String {
 state=$(systemctl is-system-running --wait)
 echo "node: system $state after $(cut -d' ' -f1 /proc/uptime) s"
 systemctl --no-pager --failed --plain --no-legend | sed 's/^/node: failed unit: /'
+echo "node: $(uname -r); $(containerd --version); $(runc --version | head -1); \
+$(dockerd --version); $(podman --version); $(prometheus --version 2>&1 | head -1)"
 cp -a /opt/cgscope/root/. /
 export CGSCOPE_ROTEL_AGENT={rotel}
 {run_tests}# At once: stopping the runtimes and their pods cleanly takes minutes under TCG,

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order of cost, and at the end what
-//! was tested where: one summary per environment (the host, each VM kernel) and
-//! `N passed, M failed, K skipped` (see [`report`]).
+//! was tested where: one summary per environment (the host, each VM kernel, the
+//! real node) and `N passed, M failed, K skipped` (see [`report`]).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cmd, fuzz,
+    cmd, fuzz, node,
     report::{self, EnvReport},
     setup, vm,
 };
@@ -30,9 +30,10 @@ pub fn run(with_vm: bool) -> anyhow::Result<()> {
     let mut envs = vec![host()?];
     // Every parser of untrusted input under libFuzzer, 18 s each (about 5.5 min).
     fuzz::run(&fuzz::FuzzArgs::bounded())?;
-    // The VMs take half an hour: not after a failure here.
+    // The VMs take twenty minutes and the real node ten: not after a failure here.
     if with_vm && !envs[0].failed() {
         envs.extend(vm::reports(&vm::VmArgs::all())?);
+        envs.push(node::report(node::TIMEOUT)?);
     }
     // A test skipped on the host is judged only if the VMs ran too.
     let whole_matrix = envs.len() > 1;

@@ -693,6 +693,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// On the real node that `cargo xtask node` boots (where it puts the script that
+/// runs the tests).
+pub fn on_node() -> bool {
+    std::path::Path::new("/opt/cgscope/run").exists()
+}
+
+/// Why a test that starts a real container runtime (its daemon or API service)
+/// does not run here: runtimes run only on the real node, never on the host.
+pub fn runtime_skip_reason() -> Option<&'static str> {
+    (!on_node()).then_some("real container runtimes run only on the real node (cargo xtask node)")
+}
+
 /// Descriptors a process has open.
 pub fn open_descriptors(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -29,14 +29,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
-/// Where `cargo xtask node` puts the script that runs these tests.
-fn on_node() -> bool {
-    std::path::Path::new("/opt/cgscope/run").exists()
-}
-
 macro_rules! require_node {
     () => {
-        if !crate::on_node() {
+        if !crate::common::on_node() {
             eprintln!("skipped: not on the real node (cargo xtask node boots one)");
             return;
         }
