@@ -67,6 +67,9 @@ pub struct VmArgs {
     /// Give up on a VM after this many seconds.
     #[arg(long, default_value_t = 1200)]
     timeout: u64,
+    /// Only these test binaries (by name: `blame,runq`); all by default.
+    #[arg(long, value_delimiter = ',')]
+    tests: Vec<String>,
 }
 
 impl VmArgs {
@@ -74,6 +77,7 @@ impl VmArgs {
         Self {
             kernel: KernelChoice::All,
             timeout: 1200,
+            tests: Vec::new(),
         }
     }
 }
@@ -92,6 +96,7 @@ pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
     let tests: Vec<&TestBinary> = binaries
         .iter()
         .filter(|b| b.is_test && is_vm_test(&b.path))
+        .filter(|b| args.tests.is_empty() || args.tests.contains(&b.label))
         .collect();
     let initrd = build_initramfs(&binaries, &tests, &cache)?;
 

@@ -50,7 +50,10 @@ fn busy_container(name: &str) -> (TestTree, String) {
     (tree, path)
 }
 
-/// Starts `cgscope run` with a 1 s window, exporting only below `top`.
+/// Starts `cgscope run` with a 1 s window, exporting only below `top`, and waits
+/// until it is ready (`/readyz`: probes attached, first window done): the kernel
+/// verifies the probes at load, slower where the tests' busy loops share the CPU,
+/// and the tests time what comes after.
 fn agent(listen: &str, top: &str, env: &[(&str, &str)]) -> Peer {
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -69,7 +72,16 @@ fn agent(listen: &str, top: &str, env: &[(&str, &str)]) -> Peer {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Peer(cmd.spawn().expect("start cgscope run"))
+    let agent = Peer(cmd.spawn().expect("start cgscope run"));
+    let started = Instant::now();
+    while !http_get(listen, "/readyz").is_ok_and(|(status, _)| status == 200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cgscope run not ready in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent
 }
 
 /// Window end (ns) → the container's run-queue histogram in that window, from
