@@ -122,6 +122,22 @@ pub fn io_stat(path: &std::path::Path, dev: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Counter `name` of the `Tcp:` lines of `/proc/<pid>/net/snmp`: the network
+/// namespace `pid` is in, as its own stack counts (`ActiveOpens`, `OutRsts`, ...).
+pub fn tcp_counter(pid: impl std::fmt::Display, name: &str) -> u64 {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().expect("Tcp names"),
+        tcp.next().expect("Tcp values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find_map(|(n, v)| (n == name).then(|| v.parse().expect("a counter")))
+        .unwrap_or_else(|| panic!("no Tcp {name} in net/snmp"))
+}
+
 /// The node's busy CPU time so far, in CPUs × seconds: `/proc/stat`'s first line
 /// without idle and iowait (guest time is already in user), in USER_HZ (100) ticks.
 pub fn host_busy_seconds() -> Option<f64> {

@@ -30,9 +30,7 @@ fn a_pod_at_its_cpu_quota_is_throttled_as_cpu_stat_says() {
     let pod_id = cri.run_pod(&pod);
     let spin = ContainerSpec::shell("spin", BUSYBOX, "while :; do :; done").cpu_limit(200);
     let id = cri.start(&pod_id, &pod, &spin);
-    let dir = std::path::Path::new("/sys/fs/cgroup")
-        .join(pod.container_path(&id).trim_start_matches('/'))
-        .join("cpu.stat");
+    let dir = pod.container_dir(&id).join("cpu.stat");
 
     // The truth: the container's cpu.stat, read while cgscope measures.
     let stat = dir.clone();
@@ -113,8 +111,7 @@ fn an_oom_kill_is_the_container_the_runtime_reports_oomkilled() {
     )
     .memory_limit(32 << 20);
     let id = cri.start(&pod_id, &pod, &hog);
-    let dir = std::path::Path::new("/sys/fs/cgroup")
-        .join(pod.container_path(&id).trim_start_matches('/'));
+    let dir = pod.container_dir(&id);
     let cgroup_id = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&dir)

@@ -89,6 +89,16 @@ impl PodSpec {
             .map_or("", |l| l.cgroup_parent.as_str())
     }
 
+    /// The pod's cgroup directory on this node.
+    pub fn cgroup_dir(&self) -> std::path::PathBuf {
+        cgroup_dir(self.cgroup_path())
+    }
+
+    /// The cgroup directory of container `id` of this pod.
+    pub fn container_dir(&self, id: &str) -> std::path::PathBuf {
+        cgroup_dir(&self.container_path(id))
+    }
+
     /// Where containerd puts container `id` of this pod (the sandbox too): a scope
     /// of the pod's slice under the systemd driver, a directory of the pod's
     /// cgroup under cgroupfs.
@@ -98,6 +108,12 @@ impl PodSpec {
             Driver::Cgroupfs => format!("{}/{id}", self.cgroup_path()),
         }
     }
+}
+
+/// The directory of the cgroup at `path` (relative to the v2 root, as cgscope
+/// reports it) on this node.
+fn cgroup_dir(path: &str) -> std::path::PathBuf {
+    std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))
 }
 
 /// A container of a pod spec, as kubelet configures it (`generateContainerConfig`).
@@ -211,7 +227,7 @@ impl Cri {
                 sh(&format!("systemctl stop {slice}"));
             }
             Driver::Cgroupfs => {
-                let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+                let dir = pod.cgroup_dir();
                 std::fs::remove_dir(&dir)
                     .unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
             }

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{
     cgroups_of,
-    common::{self, http_get, RunningAgent},
+    common::{self, http_get, truth, RunningAgent},
     container,
     cri::{Cri, Mount},
     log_lines,
@@ -85,27 +85,10 @@ fn disk_of(path: &Path) -> String {
     )
 }
 
-/// A field of a cgroup's `io.stat` line for `disk` (0 when the disk has no line).
-fn io_stat(cgroup: &Path, disk: &str, field: &str) -> u64 {
-    std::fs::read_to_string(cgroup.join("io.stat"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split_whitespace().next() == Some(disk))
-        .flat_map(|l| l.split_whitespace().skip(1).map(str::to_owned))
-        .find_map(|kv| kv.strip_prefix(&format!("{field}="))?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `Tcp: ActiveOpens` of the network namespace of process `pid`.
-fn active_opens(pid: u32) -> u64 {
-    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("net/snmp");
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().expect("Tcp names"), tcp.next().expect("values"));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find_map(|(n, v)| (n == "ActiveOpens").then(|| v.parse().expect("a count")))
-        .expect("ActiveOpens")
+/// Writes to `disk` in the `io.stat` of the cgroup at `dir` (0 before the first:
+/// the kernel lists a disk once the cgroup did IO to it).
+fn writes(dir: &Path, disk: &str) -> u64 {
+    truth::io_stat(&dir.join("io.stat"), disk, "wios").unwrap_or(0.0) as u64
 }
 
 /// Waits until the agent says its window started; the rest of what it says is
@@ -230,7 +213,7 @@ fn start_pod(cri: &Cri, port: u16) -> (PodSpec, String, String, PathBuf) {
     spec.config.log_path = "api.log".into();
     spec.config.mounts = vec![volume(WRITES)];
     let id = cri.start(&pod_id, &pod, &spec);
-    let dir = Path::new("/sys/fs/cgroup").join(pod.container_path(&id).trim_start_matches('/'));
+    let dir = pod.container_dir(&id);
     (pod, pod_id, id, dir)
 }
 
@@ -260,14 +243,14 @@ fn a_pods_io_and_tcp_are_its_own_and_its_deletion_leaves_no_map_entries() {
         .expect("cgscope snapshot");
     let agent_log = window_started(agent.stderr.take().expect("stderr"));
     let (opens, wios, accepts) = (
-        active_opens(pid),
-        io_stat(&dir, &disk, "wios"),
+        truth::tcp_counter(pid, "ActiveOpens"),
+        writes(&dir, &disk),
         accepted.load(Ordering::SeqCst),
     );
     run_round(1, &log);
     let (opens, wios, accepts) = (
-        active_opens(pid) - opens,
-        io_stat(&dir, &disk, "wios") - wios,
+        truth::tcp_counter(pid, "ActiveOpens") - opens,
+        writes(&dir, &disk) - wios,
         accepted.load(Ordering::SeqCst) - accepts,
     );
     let out = agent.wait_with_output().expect("cgscope snapshot");
@@ -333,7 +316,7 @@ fn a_pods_io_and_tcp_are_its_own_and_its_deletion_leaves_no_map_entries() {
             .spawn()
             .expect("cgscope run"),
     ));
-    let pod_dir = Path::new("/sys/fs/cgroup").join(pod.cgroup_path().trim_start_matches('/'));
+    let pod_dir = pod.cgroup_dir();
     let ids = cgroup_ids(&pod_dir);
     let shows = |what: &str| {
         http_get(&listen, "/api/v1/snapshot")

@@ -154,26 +154,6 @@ fn syn_recv_client() -> ! {
     exit(0)
 }
 
-/// The `Tcp: OutRsts` counter of the network namespace `pid` is in: the resets the
-/// namespace's stack sent.
-fn out_resets(pid: Pid) -> u64 {
-    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("net/snmp");
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().expect("Tcp names"),
-        tcp.next().expect("Tcp values"),
-    );
-    let at = names
-        .split_whitespace()
-        .position(|n| n == "OutRsts")
-        .expect("OutRsts");
-    values
-        .split_whitespace()
-        .nth(at)
-        .and_then(|v| v.parse().ok())
-        .expect("OutRsts value")
-}
-
 /// The probe's entries for network namespace `netns`, by cgroup id.
 fn entries(sampler: &Sampler, netns: u64) -> HashMap<u64, TcpTotals> {
     let tcp = sampler.probes().tcp.as_ref().expect("tcp probe");
@@ -250,9 +230,9 @@ fn time_wait_reset_is_unattributed_never_a_wrong_cgroup() {
     let (report, write_end) = report_pipe();
     let pair = Pair::start("tcp-timewait", time_wait_server, time_wait_client);
     drop(write_end);
-    let resets_before = out_resets(pair.server);
+    let resets_before = common::truth::tcp_counter(pair.server, "OutRsts");
     let [server_saw_reset] = read_exact_report::<1>(report);
-    let sent = out_resets(pair.server) - resets_before;
+    let sent = common::truth::tcp_counter(pair.server, "OutRsts") - resets_before;
     let counted = unattributed(&sampler, "unattributed_time_wait") - before;
     let entries = entries(&sampler, pair.netns.inode());
     eprintln!("namespace sent {sent} resets; unattributed (time-wait) +{counted}; {entries:?}");
@@ -291,9 +271,9 @@ fn syn_recv_reset_counts_for_the_listener() {
     let (report, write_end) = report_pipe();
     let pair = Pair::start("tcp-synrecv", syn_recv_server, syn_recv_client);
     drop(write_end);
-    let resets_before = out_resets(pair.server);
+    let resets_before = common::truth::tcp_counter(pair.server, "OutRsts");
     let [client_saw_reset] = read_exact_report::<1>(report);
-    let sent = out_resets(pair.server) - resets_before;
+    let sent = common::truth::tcp_counter(pair.server, "OutRsts") - resets_before;
     let counted = unattributed(&sampler, "unattributed_request") - before;
     let entries = entries(&sampler, pair.netns.inode());
     eprintln!("namespace sent {sent} resets; unattributed (request) +{counted}; {entries:?}");
