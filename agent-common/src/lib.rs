@@ -12,6 +12,7 @@
     feature(core_intrinsics)
 )]
 
+pub mod blame;
 pub mod blockio;
 pub mod histogram;
 pub mod oom;

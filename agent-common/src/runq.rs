@@ -31,9 +31,14 @@ pub struct QueuedTask {
     pub since_ns: u64,
     /// cgroup v2 id (inode number of the cgroup directory).
     pub cgroup_id: u64,
+    /// Where the wait's blame has been split up to (it moves at each migration).
+    pub settled_ns: u64,
+    /// The CPU whose run queue it waits on.
+    pub cpu: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<QueuedTask>() == 16);
+const _: () = assert!(core::mem::size_of::<QueuedTask>() == 32);
 
 /// Kernel struct field offsets, resolved by the agent from the running kernel's BTF
 /// and written into the programs' read-only globals before load.
@@ -59,10 +64,24 @@ pub struct TaskOffsets {
     /// `kernfs_node.parent` (`struct kernfs_node *`; `__parent` since 6.15): a
     /// cgroup's parent directory, whose id is the parent cgroup's.
     pub kernfs_node_parent: u32,
+    /// `task_struct.flags` (`unsigned int`; `PF_KTHREAD` marks kernel threads)
+    pub task_flags: u32,
+    /// `task_struct.cpu` (5.16+), else `task_struct.thread_info.cpu`: the CPU whose
+    /// run queue the task is on.
+    pub task_cpu: u32,
+    /// `cfs_rq.rq` (`struct rq *`); this and the next three only for blame's
+    /// throttle programs, 0 where the kernel has no group scheduling.
+    pub cfs_rq_rq: u32,
+    /// `cfs_rq.tg` (`struct task_group *`)
+    pub cfs_rq_tg: u32,
+    /// `task_group.css.cgroup` (`struct cgroup *`, inside the embedded `css`)
+    pub task_group_css_cgroup: u32,
+    /// `rq.cpu` (`int`)
+    pub rq_cpu: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -70,6 +89,7 @@ mod pod {
     unsafe impl aya::Pod for super::QueuedTask {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::histogram::Histogram {}
 }

@@ -13,7 +13,7 @@
 //! turns it into a fault-tolerant load (a bad pointer reads 0). No helper call, no
 //! copy through the stack: about a quarter of the cost of a probe read.
 
-use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray};
 use cgscope_common::runq::{drop, TaskOffsets};
 
 /// `BPF_F_NO_PREALLOC`: a hash map allocates entries as they are created, not its
@@ -35,6 +35,12 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     task_tgid: 0,
     task_comm: 0,
     kernfs_node_parent: 0,
+    task_flags: 0,
+    task_cpu: 0,
+    cfs_rq_rq: 0,
+    cfs_rq_tg: 0,
+    task_group_css_cgroup: 0,
+    rq_cpu: 0,
     _pad: 0,
 };
 
@@ -43,6 +49,13 @@ pub fn offsets() -> TaskOffsets {
     // SAFETY: a plain read of an initialised static; volatile so that the compiler
     // does not fold the zero initialiser: the loader rewrites the value.
     unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+}
+
+/// The clock of every probe: `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Loads a `T` at `base + offset` from a BTF pointer.
@@ -125,6 +138,26 @@ pub fn cgroup_ancestors<const N: usize>(cgroup: *const u8, off: &TaskOffsets) ->
     }
     ids
 }
+
+/// Runs `$body` once for each `$i` in `0..8` or `0..16`, as straight-line code.
+/// Kernels before 6.3 refuse some loops the compiler lays out with the jump back
+/// as a fall-through ("back-edge"); unrolled code has no loop to refuse. Leave
+/// early with a labelled block around it.
+macro_rules! unroll {
+    ($i:ident in 0..8 => $body:block) => {
+        unroll!(@ $i [0 1 2 3 4 5 6 7] $body)
+    };
+    ($i:ident in 0..16 => $body:block) => {
+        unroll!(@ $i [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] $body)
+    };
+    (@ $i:ident [$($n:literal)*] $body:block) => {
+        $({
+            let $i: usize = $n;
+            $body
+        })*
+    };
+}
+pub(crate) use unroll;
 
 /// Adds one to slot `slot` of a per-CPU counter array.
 #[inline(always)]

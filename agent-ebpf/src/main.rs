@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod blame;
 mod blockio;
 mod kernel;
 mod oom;

@@ -6,11 +6,13 @@
 //! - `sched_wakeup`, `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
 //! - `sched_switch`: `TP_PROTO(bool preempt, struct task_struct *prev,
 //!   struct task_struct *next, unsigned int prev_state)`; `prev_state` since 5.18.
+//! - with blame (`crate::blame`, `runq_switch_blame` for `runq_switch`), also
+//!   `sched_migrate_task`: `TP_PROTO(struct task_struct *p, int dest_cpu)`.
 //!   Minimum kernel: 6.1, for non-preallocated hash maps in tracing programs.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -20,7 +22,12 @@ use cgscope_common::{
     runq::{drop, QueuedTask, DEFAULT_MAX_CGROUPS, MAX_QUEUED_TASKS},
 };
 
-use crate::kernel::{bump, offsets, task_cgroup_id, task_on_cpu, task_pid, BPF_F_NO_PREALLOC};
+use crate::{
+    blame,
+    kernel::{
+        bump, load, now_ns, offsets, task_cgroup_id, task_on_cpu, task_pid, BPF_F_NO_PREALLOC,
+    },
+};
 
 /// `TASK_RUNNING`, the `prev_state` of a task that stays on the run queue.
 const TASK_RUNNING: u64 = 0;
@@ -58,7 +65,39 @@ pub fn runq_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn runq_switch(ctx: BtfTracePointContext) -> i32 {
-    count_drop(try_switch(&ctx));
+    count_drop(try_switch::<false>(&ctx));
+    0
+}
+
+/// `runq_switch` that also splits each wait by who held the CPU (`crate::blame`);
+/// the agent attaches one of the two, this one unless blame is off or the kernel
+/// refuses it.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn runq_switch_blame(ctx: BtfTracePointContext) -> i32 {
+    count_drop(try_switch::<true>(&ctx));
+    0
+}
+
+/// `sched_migrate_task(struct task_struct *p, int dest_cpu)`: a waiting task moved
+/// to another CPU's queue. Its wait so far is blamed on the CPU it leaves (whose
+/// run-queue lock is held here), the rest will be on `dest_cpu`'s.
+#[btf_tracepoint(function = "sched_migrate_task")]
+pub fn runq_migrate(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let dest: u32 = ctx.arg(1);
+    let pid = task_pid(task, &offsets());
+    if pid == 0 {
+        return 0;
+    }
+    let Some(queued) = RUNQ_START.get_ptr_mut(&pid) else {
+        return 0;
+    };
+    // SAFETY: the entry of a task whose run queue is locked: nothing else writes it.
+    let queued = unsafe { &mut *queued };
+    let now = now_ns();
+    blame::settle(queued.cgroup_id, task, queued.cpu, queued.settled_ns, now);
+    queued.settled_ns = now;
+    queued.cpu = dest;
     0
 }
 
@@ -70,14 +109,16 @@ fn try_wakeup(task: *const u8) -> Result<(), u32> {
         return Ok(());
     }
     let cgroup_id = task_cgroup_id(task, &off)?;
-    enqueue(pid, cgroup_id, now_ns())
+    enqueue(pid, cgroup_id, now_ns(), load::<u32>(task, off.task_cpu))
 }
 
-fn try_switch(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let preempt: u64 = ctx.arg(0);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
     let now = now_ns();
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
 
     // `current` is still `prev` here. A preempted task (or one that yields) stays
     // runnable: its wait starts now, in its own cgroup.
@@ -87,33 +128,39 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), u32> {
             // SAFETY: helper without preconditions.
             let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
             // A full start map must not also cost `next` its measurement.
-            count_drop(enqueue(prev_pid, cgroup_id, now));
+            count_drop(enqueue(prev_pid, cgroup_id, now, cpu));
         }
     }
 
     let next_pid = task_pid(next, &offsets());
-    if next_pid == 0 {
-        return Ok(());
-    }
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(queued) = (unsafe { RUNQ_START.get(&next_pid) }).copied() else {
-        return Ok(());
+    let queued = match next_pid {
+        0 => None,
+        pid => (unsafe { RUNQ_START.get(&pid) }).copied(),
     };
-    let _ = RUNQ_START.remove(&next_pid);
-    record(queued.cgroup_id, now.saturating_sub(queued.since_ns))
+    if queued.is_some() {
+        let _ = RUNQ_START.remove(&next_pid);
+    }
+    if BLAME {
+        if let Some(q) = &queued {
+            blame::settle(q.cgroup_id, next, cpu, q.settled_ns, now);
+        }
+        blame::occupy(cpu, now, blame::occupant(next, next_pid));
+    }
+    match queued {
+        Some(q) => record(q.cgroup_id, now.saturating_sub(q.since_ns)),
+        None => Ok(()),
+    }
 }
 
 #[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn enqueue(pid: u32, cgroup_id: u64, now: u64) -> Result<(), u32> {
+fn enqueue(pid: u32, cgroup_id: u64, now: u64, cpu: u32) -> Result<(), u32> {
     let queued = QueuedTask {
         since_ns: now,
         cgroup_id,
+        settled_ns: now,
+        cpu,
+        _pad: 0,
     };
     RUNQ_START
         .insert(&pid, &queued, 0)

@@ -53,6 +53,12 @@ pub struct SamplingOptions {
     #[arg(long, env = "CGSCOPE_PROBES", value_delimiter = ',', default_values = crate::probes::ALL,
           value_parser = clap::builder::PossibleValuesParser::new(crate::probes::ALL))]
     pub probes: Vec<String>,
+
+    /// Split each run-queue wait by what held the CPU (who delays this container);
+    /// `false` keeps only the latency histograms, at a lower cost per switch.
+    #[arg(long, env = "CGSCOPE_RUNQ_BLAME", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub runq_blame: bool,
 }
 
 impl SamplingOptions {
@@ -62,6 +68,7 @@ impl SamplingOptions {
             probes: ProbeConfig {
                 max_cgroups: self.max_cgroups,
                 enabled: self.probes.clone(),
+                blame: self.runq_blame,
             },
             metadata: MetadataConfig {
                 docker_sockets: self.docker_sockets.clone(),

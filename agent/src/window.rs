@@ -54,6 +54,7 @@ pub fn cpu(now: &CgroupStats, before: Option<&CgroupStats>) -> CpuSample {
         burst_limit_seconds: usec(now.cpu_max_burst_usec),
         weight: now.cpu_weight,
         runq_latency: None,
+        runq_blame: None,
     }
 }
 

@@ -87,6 +87,24 @@ fn assert_snapshot_contract(snapshot: &Value) {
         ] {
             assert!(runq[key].is_number(), "runq_latency.{key} in {c}");
         }
+        let blame = &c["cpu"]["runq_blame"];
+        for key in [
+            "self",
+            "same_pod",
+            "other_containers",
+            "system",
+            "kernel",
+            "idle",
+            "own_quota",
+            "removed",
+            "unattributed",
+        ] {
+            assert!(
+                blame["causes"][key].is_number(),
+                "runq_blame.causes.{key} in {c}"
+            );
+        }
+        assert!(blame["culprits"].is_array(), "runq_blame.culprits in {c}");
         let h = &runq["histogram"];
         for key in [
             "scale",

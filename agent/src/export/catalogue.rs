@@ -81,6 +81,8 @@ metrics! { CGROUP_METRICS;
         "Time the cgroup's tasks could not run because the quota was used up.";
     CPU_RUNQ_LATENCY: "container.cpu.runq.latency", Histogram, "s", [], "runq probe (sched_wakeup, sched_switch)", "coroot container_cpu_delay_seconds_total (a sum only)",
         "Run-queue latency: time runnable tasks of the cgroup and its descendants waited for a CPU.";
+    CPU_RUNQ_BLAME: "container.cpu.runq.blame", Counter, "s", ["cpu.runq.cause", "cpu.runq.culprit", "cpu.runq.culprit_name"], "runq probe, blame (sched_switch, sched_migrate_task, throttle_cfs_rq)", "none",
+        "Time runnable tasks of the cgroup and its descendants waited for a CPU, by what held it: the cause (self, same_pod, other_containers, system, kernel, idle, own_quota, removed, unattributed) and, for the window's five longest culprits, their cgroup path and container or pod name (else both empty). The series of one cgroup add up to its run-queue latency's sum.";
     MEMORY_USAGE: "container.memory.usage", Gauge, "By", [], "memory.current", "container_memory_usage_bytes",
         "Memory charged to the cgroup, page cache included.";
     MEMORY_WORKING_SET: "container.memory.working_set", Gauge, "By", [], "memory.current - memory.stat inactive_file", "container_memory_working_set_bytes",

@@ -8,6 +8,7 @@ use crate::{
     host::HostSample,
     sample::{
         CgroupSample, IoDeviceSample, PerOperation, PressureSample, PressureWindow, ProbeStatus,
+        RunqBlame,
     },
 };
 
@@ -97,6 +98,9 @@ pub fn cgroup<'a>(
     out.int(&c::CPU_THROTTLED_PERIODS, vec![], cpu.throttled_periods);
     out.double(&c::CPU_THROTTLED_TIME, vec![], cpu.throttled_seconds);
     out.histogram(&c::CPU_RUNQ_LATENCY, vec![], cpu.runq_latency.as_ref());
+    if let Some(blame) = &cpu.runq_blame {
+        runq_blame(blame, out);
+    }
 
     if let Some(m) = &c.memory {
         out.int(&c::MEMORY_USAGE, vec![], m.current_bytes);
@@ -194,6 +198,36 @@ pub fn cgroup<'a>(
         let direction = |d| attr("network.io.direction", d);
         out.int(&c::TCP_RESETS, direction("transmit"), n.tcp_resets_sent);
         out.int(&c::TCP_RESETS, direction("receive"), n.tcp_resets_received);
+    }
+}
+
+/// The wait by cause, the window's named culprits apart: one series per cause
+/// without culprit attributes for the rest of it, so that the series add up to the
+/// wait and a cgroup has at most nine plus five in a window.
+fn runq_blame(blame: &RunqBlame, out: &mut Points<'_>) {
+    for culprit in &blame.culprits {
+        let name = culprit
+            .name
+            .as_deref()
+            .or(culprit.pod.as_deref())
+            .unwrap_or("");
+        let attributes = vec![
+            ("cpu.runq.cause", culprit.cause.to_owned()),
+            ("cpu.runq.culprit", culprit.path.clone()),
+            ("cpu.runq.culprit_name", name.to_owned()),
+        ];
+        out.double(&c::CPU_RUNQ_BLAME, attributes, Some(culprit.seconds));
+    }
+    for (cause, seconds) in blame.causes.named() {
+        let named: f64 = (blame.culprits.iter())
+            .filter(|c| c.cause == cause)
+            .map(|c| c.seconds)
+            .sum();
+        let rest = (seconds - named).max(0.0);
+        if rest > 0.0 {
+            let attributes = vec![("cpu.runq.cause", cause.to_owned())];
+            out.double(&c::CPU_RUNQ_BLAME, attributes, Some(rest));
+        }
     }
 }
 
@@ -376,4 +410,73 @@ pub fn agent<'a>(a: &AgentSample, probes: &'a [ProbeStatus], out: &mut Points<'a
         vec![],
         PointValue::TotalInt(a.series_overflow),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cgroup::identity::CgroupKind,
+        sample::{BlameCauses, Culprit},
+    };
+
+    fn culprit(path: &str, cause: &'static str, seconds: f64) -> Culprit {
+        Culprit {
+            path: path.into(),
+            kind: CgroupKind::Container,
+            cause,
+            container_id: None,
+            name: Some(format!("{path}-name")),
+            pod: None,
+            namespace: None,
+            seconds,
+        }
+    }
+
+    /// The named culprits and the rest of each cause: the series add up to the wait,
+    /// and the rest of a cause is never negative.
+    #[test]
+    fn blame_series_add_up_to_the_wait() {
+        let blame = RunqBlame {
+            causes: BlameCauses {
+                own: 0.5,
+                other_containers: 2.0,
+                system: 0.25,
+                own_quota: 1.0,
+                ..BlameCauses::default()
+            },
+            culprits: vec![
+                culprit("/a", "other_containers", 1.5),
+                culprit("/s", "system", 0.25),
+            ],
+        };
+        let mut out = Points(Vec::new());
+        runq_blame(&blame, &mut out);
+        let value = |p: &Point| match p.value {
+            PointValue::Double(v) => v,
+            _ => panic!("a double"),
+        };
+        let total: f64 = out.0.iter().map(value).sum();
+        assert_eq!(total, 3.75);
+        let attrs: Vec<(String, String, f64)> = (out.0.iter())
+            .map(|p| {
+                (
+                    p.attributes[0].1.clone(),
+                    p.attributes[1].1.clone(),
+                    value(p),
+                )
+            })
+            .collect();
+        assert_eq!(
+            attrs,
+            [
+                ("other_containers".into(), "/a".into(), 1.5),
+                ("system".into(), "/s".into(), 0.25),
+                ("self".into(), String::new(), 0.5),
+                ("other_containers".into(), String::new(), 0.5),
+                ("own_quota".into(), String::new(), 1.0),
+            ]
+        );
+        assert_eq!(out.0[0].attributes[2].1, "/a-name");
+    }
 }

@@ -226,6 +226,17 @@ pub const MEASURES: &[Measure] = &[
         compute: |c, s| per_second(c.cpu.runq_latency.as_ref().map(|l| l.sum_seconds), s.window),
     },
     Measure {
+        name: "cpu.runq_wait_own_quota",
+        unit: Unit::Cores,
+        description: "time runnable tasks waited while their own cpu.max quota (or an ancestor's) was used up, per second (runq probe, blame)",
+        compute: |c, s| {
+            per_second(
+                c.cpu.runq_blame.as_ref().map(|b| b.causes.own_quota),
+                s.window,
+            )
+        },
+    },
+    Measure {
         name: "cpu.pressure",
         unit: Unit::Ratio,
         description: "share of the window some task stalled on CPU (cpu.pressure some)",

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     cgroup::{identity::CgroupKind, tree::under},
-    sample::{CgroupSample, Snapshot},
+    sample::{CgroupSample, RunqBlame, Snapshot},
     text::{escape, markdown_cell, markdown_code, shell_word, Escaped},
 };
 
@@ -29,6 +29,10 @@ pub struct Neighbour {
     pub path: String,
     pub name: Option<String>,
     pub cpu_cores: f64,
+    /// Seconds of the examined cgroup's wait during which this one held its CPU, as
+    /// the runq probe split the wait in the kernel; `null` where that split is not
+    /// measured (blame off): then the neighbours are the busiest others only.
+    pub held_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,10 +232,13 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
                 Severity::Critical => check.critical,
                 _ => check.warn,
             };
-            let neighbours = if check.neighbours {
-                busiest_others(&candidates, window, c)
-            } else {
-                Vec::new()
+            // A wait's neighbours are who held the CPU during it, where measured;
+            // otherwise (blame off, or a measure of the node) the busiest others.
+            let waited = m.name.starts_with("cpu.runq");
+            let neighbours = match (check.neighbours, &c.cpu.runq_blame) {
+                (false, _) => Vec::new(),
+                (true, Some(blame)) if waited => culprits(snapshot, window, blame),
+                (true, _) => busiest_others(&candidates, window, c),
             };
             findings.push(Finding {
                 severity,
@@ -285,6 +292,26 @@ pub fn evaluate(playbook: &Playbook, snapshot: &Snapshot, examined: &[&CgroupSam
     }
 }
 
+/// The three cgroups that held the CPU longest while the examined one waited, as
+/// measured (its `runq_blame`), with their CPU use in the window.
+fn culprits(snapshot: &Snapshot, window: f64, blame: &RunqBlame) -> Vec<Neighbour> {
+    let window = window.max(f64::MIN_POSITIVE);
+    blame
+        .culprits
+        .iter()
+        .take(3)
+        .filter_map(|culprit| {
+            let c = snapshot.cgroups.iter().find(|c| c.path == culprit.path)?;
+            Some(Neighbour {
+                path: culprit.path.clone(),
+                name: label(c),
+                cpu_cores: c.cpu.usage_seconds.unwrap_or(0.0) / window,
+                held_seconds: Some(culprit.seconds),
+            })
+        })
+        .collect()
+}
+
 /// The three of `leaves`, other than `me` and its ancestors, that used the most CPU in
 /// the window (at least 1% of one).
 fn busiest_others(leaves: &[&CgroupSample], window: f64, me: &CgroupSample) -> Vec<Neighbour> {
@@ -297,6 +324,7 @@ fn busiest_others(leaves: &[&CgroupSample], window: f64, me: &CgroupSample) -> V
                 path: c.path.clone(),
                 name: label(c),
                 cpu_cores: c.cpu.usage_seconds? / window,
+                held_seconds: None,
             })
         })
         // Idle cgroups are nobody's noisy neighbour.
@@ -309,6 +337,19 @@ fn busiest_others(leaves: &[&CgroupSample], window: f64, me: &CgroupSample) -> V
     });
     others.truncate(3);
     others
+}
+
+impl Neighbour {
+    /// `who` and what it did: the wait it caused where measured, its CPU use.
+    fn line(&self, who: String) -> String {
+        match self.held_seconds {
+            Some(held) => format!(
+                "{who} held the CPU for {held:.2} s of the wait (used {:.2} CPUs)",
+                self.cpu_cores
+            ),
+            None => format!("{who} used {:.2} CPUs", self.cpu_cores),
+        }
+    }
 }
 
 /// `before` + the value + `after`, or nothing.
@@ -361,12 +402,7 @@ impl Report {
             );
             let _ = writeln!(out, "  evidence: {}", Escaped(&f.evidence));
             for n in &f.neighbours {
-                let _ = writeln!(
-                    out,
-                    "  neighbour: {} used {:.2} CPUs",
-                    who(&n.name, &n.path),
-                    n.cpu_cores
-                );
+                let _ = writeln!(out, "  neighbour: {}", n.line(who(&n.name, &n.path)));
             }
             let _ = writeln!(out, "  means: {}", f.means);
             let _ = writeln!(out, "  next: {}", Escaped(&f.next));
@@ -421,12 +457,8 @@ impl Report {
             );
             let _ = writeln!(out, "  - evidence: {}", Escaped(&f.evidence));
             for n in &f.neighbours {
-                let _ = writeln!(
-                    out,
-                    "  - neighbour: {} used {:.2} CPUs",
-                    md_who(&n.name, &n.path, markdown_code),
-                    n.cpu_cores
-                );
+                let who = md_who(&n.name, &n.path, markdown_code);
+                let _ = writeln!(out, "  - neighbour: {}", n.line(who));
             }
             let _ = writeln!(out, "  - means: {}", f.means);
             let _ = writeln!(out, "  - next: {}", markdown_code(&f.next));
@@ -482,6 +514,7 @@ mod tests {
                 path: "/n\u{9b}2J".into(),
                 name: None,
                 cpu_cores: 1.0,
+                held_seconds: None,
             }],
         };
         Report {

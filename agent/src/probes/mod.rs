@@ -2,6 +2,7 @@
 //! field offsets from BTF, attach each probe, read its maps. A probe that cannot
 //! attach is reported with the exact reason; the others keep working.
 
+pub mod blame;
 pub mod blockio;
 pub mod oom;
 pub mod runq;
@@ -90,6 +91,8 @@ pub struct ProbeConfig {
     pub max_cgroups: u32,
     /// The probes to attach (names from [`ALL`]); the others report "disabled".
     pub enabled: Vec<String>,
+    /// Whether runq splits each wait by what held the CPU ([`blame`]).
+    pub blame: bool,
 }
 
 impl ProbeConfig {
@@ -194,8 +197,33 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
         kernfs_node_parent: btf
             .offset_of("kernfs_node", "parent", 8)
             .or_else(|_| btf.offset_of("kernfs_node", "__parent", 8))?,
+        task_flags: btf.offset_of("task_struct", "flags", 4)?,
+        // `task_struct.cpu` since 5.16; before, in the embedded `thread_info`.
+        task_cpu: btf.offset_of("task_struct", "cpu", 4).or_else(|_| {
+            Ok::<_, BtfError>(
+                btf.member("task_struct", "thread_info")?.offset
+                    + btf.offset_of("thread_info", "cpu", 4)?,
+            )
+        })?,
+        // Blame's throttle programs only: see `group_offsets`.
+        cfs_rq_rq: 0,
+        cfs_rq_tg: 0,
+        task_group_css_cgroup: 0,
+        rq_cpu: 0,
         _pad: 0,
     })
+}
+
+/// The `cfs_rq`, `task_group` and `rq` fields blame's throttle programs read, set
+/// into `offsets`; an error (and the programs refused) without group scheduling.
+pub fn group_offsets(btf: &crate::btf::Btf, offsets: &mut TaskOffsets) -> Result<(), BtfError> {
+    offsets.cfs_rq_rq = btf.offset_of("cfs_rq", "rq", 8)?;
+    offsets.cfs_rq_tg = btf.offset_of("cfs_rq", "tg", 8)?;
+    // `css.cgroup`, inside the embedded `css` (both first members today: 0).
+    offsets.task_group_css_cgroup = btf.member("task_group", "css")?.offset
+        + btf.offset_of("cgroup_subsys_state", "cgroup", 8)?;
+    offsets.rq_cpu = btf.offset_of("rq", "cpu", 4)?;
+    Ok(())
 }
 
 /// What the probes learn from the kernel's BTF besides offsets.
@@ -206,6 +234,9 @@ struct KernelFacts {
     oom_victim_is_task: bool,
     /// Whether the tcp fields were found (else why not).
     tcp: Result<(), BtfError>,
+    /// Whether the `cfs_rq`/`task_group` fields of blame's throttle programs were
+    /// found (else why not).
+    group_offsets: Result<(), BtfError>,
 }
 
 /// The loaded object, aya's parsed BTF, and what else the BTF told.
@@ -219,12 +250,18 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     // for attaching the tp_btf programs.
     let data = crate::btf::vmlinux_bytes()?;
     let ours = crate::btf::Btf::parse(&data)?;
-    let offsets = task_offsets(&ours)?;
+    let mut offsets = task_offsets(&ours)?;
+    let group = group_offsets(&ours, &mut offsets);
     // A kernel without the block layer's fields still gets the other probes: the
     // blockio programs then fail to load, with this error.
     let blockio = blockio::config(&ours, io_owner);
     let btf = aya::Btf::parse(&data, aya::Endianness::default())?;
     let tcp = tcp::config(&ours);
+    let timelines = if config.blame {
+        aya::util::nr_cpus().map_or(1024, |n| n as u32)
+    } else {
+        1
+    };
     let unused = BlockioConfig::default();
     let unused_tcp = TcpConfig::default();
     let mut loader = EbpfLoader::new();
@@ -233,7 +270,10 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         .override_global("TASK_OFFSETS", &offsets, true)
         .override_global("BLOCKIO_CONFIG", blockio.as_ref().unwrap_or(&unused), true)
         .override_global("TCP_CONFIG", tcp.as_ref().unwrap_or(&unused_tcp), true)
-        .map_max_entries("RUNQ_HIST", config.max_cgroups);
+        .map_max_entries("RUNQ_HIST", config.max_cgroups)
+        // Four (waiter, culprit) pairs per cgroup; one timeline per possible CPU.
+        .map_max_entries("BLAME", config.max_cgroups.saturating_mul(4))
+        .map_max_entries("CPU_TIMELINE", timelines);
     tcp::size_maps(&mut loader, config);
     blockio::size_maps(&mut loader, config, io_owner);
     let ebpf = loader.load(EBPF_OBJECT)?;
@@ -243,6 +283,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
             .tracepoint_arg_is_pointer("mark_victim", 0)
             .unwrap_or(false),
         tcp: tcp.map(drop),
+        group_offsets: group.map(drop),
     };
     Ok((ebpf, btf, facts))
 }
@@ -256,7 +297,10 @@ impl Probes {
         match load(config, io_owner) {
             Ok((mut ebpf, btf, facts)) => {
                 let wanted = |name| config.wants(name).then_some(()).ok_or(ProbeError::Disabled);
-                let runq = wanted(runq::NAME).and_then(|()| runq::Runq::attach(&mut ebpf, &btf));
+                let runq = wanted(runq::NAME).and_then(|()| {
+                    let group = facts.group_offsets.as_ref().map_err(|e| e.to_string());
+                    runq::Runq::attach(&mut ebpf, &btf, config.blame, group.map(|_| ()))
+                });
                 let blockio = wanted(blockio::NAME).and_then(|()| {
                     let fields = facts.blockio.as_ref().map(|_| ());
                     blockio::Blockio::attach(&mut ebpf, &btf, io_owner, fields)
@@ -315,7 +359,7 @@ impl Probes {
                     attached: true,
                     error: None,
                     dropped: runq.dropped(),
-                    notes: Vec::new(),
+                    notes: runq.notes(),
                     map_entries: None,
                 },
                 Err(e) => failed(runq::NAME, e),

@@ -11,7 +11,7 @@ use aya::{
 };
 use cgscope_common::{histogram::Histogram, runq::drop};
 
-use super::{attach_all, counters, take_map, ProbeError};
+use super::{attach_all, blame::Blame, counters, take_map, ProbeError};
 use crate::histogram::LatencyTotals;
 
 pub const NAME: &str = "runq";
@@ -23,6 +23,14 @@ const PROGRAMS: [(&str, &str); 3] = [
     ("runq_switch", "sched_switch"),
 ];
 
+/// The same with the switch program that splits each wait by who held the CPU.
+/// The switch program first: if the kernel refuses it, nothing else was loaded.
+const BLAME_PROGRAMS: [(&str, &str); 3] = [
+    ("runq_switch_blame", "sched_switch"),
+    ("runq_wakeup", "sched_wakeup"),
+    ("runq_wakeup_new", "sched_wakeup_new"),
+];
+
 /// Names of the `RUNQ_DROPS` slots, in slot order.
 const DROP_REASONS: [&str; drop::SLOTS as usize] =
     ["start_map_full", "cgroup_map_full", "cgroup_unreadable"];
@@ -31,16 +39,53 @@ const DROP_REASONS: [&str; drop::SLOTS as usize] =
 pub struct Runq {
     hist: PerCpuHashMap<MapData, u64, Histogram>,
     drops: PerCpuArray<MapData, u64>,
+    /// Who caused the waits: `None` when turned off, else attached or why not.
+    pub blame: Option<Result<Blame, ProbeError>>,
 }
 
 impl Runq {
-    /// Loads and attaches the three programs, all or none.
-    pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Self, ProbeError> {
-        attach_all(ebpf, btf, &PROGRAMS)?;
+    /// Loads and attaches the three programs, all or none: with `blame`, the switch
+    /// program that splits each wait and blame's own programs; blame failing leaves
+    /// the latency histograms attached. `group_offsets`: see [`Blame::attach`].
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        btf: &aya::Btf,
+        blame: bool,
+        group_offsets: Result<(), String>,
+    ) -> Result<Self, ProbeError> {
+        // With blame, the switch program that splits each wait; where this kernel
+        // refuses it, the plain one, and blame says why.
+        let blame = if blame {
+            match attach_all(ebpf, btf, &BLAME_PROGRAMS) {
+                Ok(()) => Some(Blame::attach(ebpf, btf, group_offsets)),
+                Err(e) => {
+                    attach_all(ebpf, btf, &PROGRAMS)?;
+                    Some(Err(e))
+                }
+            }
+        } else {
+            attach_all(ebpf, btf, &PROGRAMS)?;
+            None
+        };
         Ok(Self {
             hist: take_map(ebpf, "RUNQ_HIST")?,
             drops: take_map(ebpf, "RUNQ_DROPS")?,
+            blame,
         })
+    }
+
+    /// The attached blame, if any.
+    pub fn blame(&self) -> Option<&Blame> {
+        self.blame.as_ref().and_then(|b| b.as_ref().ok())
+    }
+
+    /// How the probe measures on this kernel.
+    pub fn notes(&self) -> Vec<String> {
+        match &self.blame {
+            None => vec!["blame off (--runq-blame false): waits are not split by cause".to_owned()],
+            Some(Ok(blame)) => blame.notes(),
+            Some(Err(e)) => vec![format!("blame not attached: {e}")],
+        }
     }
 
     /// Reads the cumulative histogram of every cgroup into `out` (cleared first).
@@ -59,10 +104,17 @@ impl Runq {
         for id in dead {
             let _ = self.hist.remove(id);
         }
+        if let Some(Ok(blame)) = &mut self.blame {
+            blame.forget(dead);
+        }
     }
 
-    /// Events dropped since load, by reason.
+    /// Events dropped since load, by reason (blame's included).
     pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
-        counters(&self.drops, &DROP_REASONS)
+        let mut dropped = counters(&self.drops, &DROP_REASONS);
+        if let Some(blame) = self.blame() {
+            dropped.extend(blame.dropped());
+        }
+        dropped
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use cgscope_common::blockio::IoKey;
+use cgscope_common::{blame::BlameKey, blockio::IoKey};
 
 use super::{
     blockio::IoTotals,
@@ -26,10 +26,16 @@ struct Reading {
     tcp: HashMap<TcpKey, TcpTotals>,
     /// `tcp`'s keys by cgroup id.
     tcp_keys: HashMap<u64, Vec<TcpKey>>,
+    /// Wait nanoseconds by (waiter, culprit), cumulative.
+    blame: HashMap<BlameKey, u64>,
+    /// `blame`'s keys by waiter.
+    blame_keys: HashMap<u64, Vec<BlameKey>>,
 }
 
 impl Reading {
     fn clear(&mut self) {
+        self.blame.clear();
+        self.blame_keys.clear();
         self.runq.clear();
         self.io.clear();
         self.io_keys.clear();
@@ -84,6 +90,9 @@ pub struct ProbeWindow {
     pub oom: Vec<OomKill>,
     /// TCP, summed over the cgroup's network namespaces.
     pub tcp: TcpWindow,
+    /// Wait nanoseconds by culprit (a cgroup id or a `blame::culprit` value), sorted
+    /// by culprit.
+    pub blame: Vec<(u64, u64)>,
 }
 
 /// TCP of one cgroup in a window.
@@ -144,6 +153,12 @@ impl TcpWindow {
 
 impl ProbeWindow {
     pub fn add(&mut self, other: &Self) {
+        for &(culprit, ns) in &other.blame {
+            match self.blame.binary_search_by_key(&culprit, |&(c, _)| c) {
+                Ok(at) => self.blame[at].1 = self.blame[at].1.saturating_add(ns),
+                Err(at) => self.blame.insert(at, (culprit, ns)),
+            }
+        }
         self.runq.add(&other.runq);
         for theirs in &other.io {
             match self
@@ -164,6 +179,7 @@ impl ProbeWindow {
             && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
             && self.oom.is_empty()
             && self.tcp.is_empty()
+            && self.blame.is_empty()
     }
 }
 
@@ -193,6 +209,14 @@ impl ProbeReader {
         self.now.clear();
         if let Ok(runq) = &probes.runq {
             runq.read(&mut self.now.runq);
+            if let Some(blame) = runq.blame() {
+                blame.read(&mut self.now.blame);
+                index_by_cgroup(
+                    self.now.blame.keys(),
+                    |k| k.victim,
+                    &mut self.now.blame_keys,
+                );
+            }
         }
         if let Ok(blockio) = &probes.blockio {
             blockio.read(&mut self.now.io);
@@ -221,6 +245,7 @@ impl ProbeReader {
         // Most cgroups have no entry in any map: no window to build (each is a few KB).
         let now = &self.now;
         if !(now.runq.contains_key(&id)
+            || now.blame_keys.contains_key(&id)
             || now.io_keys.contains_key(&id)
             || now.tcp_keys.contains_key(&id)
             || now.oom.iter().any(|k| k.counted_in == id))
@@ -265,11 +290,23 @@ impl ProbeReader {
                 self.previous.tcp.get(key),
             ));
         }
+        // A pair created again since the last read (its cgroup's entry deleted and
+        // made anew): all of it is new.
+        let mut blame: Vec<(u64, u64)> = (self.now.blame_keys.get(&id).into_iter().flatten())
+            .map(|key| {
+                let now = self.now.blame[key];
+                let before = self.previous.blame.get(key).copied().unwrap_or(0);
+                (key.culprit, now.checked_sub(before).unwrap_or(now))
+            })
+            .filter(|&(_, ns)| ns > 0)
+            .collect();
+        blame.sort_unstable();
         let window = ProbeWindow {
             runq: runq.unwrap_or_default(),
             io,
             oom: oom.cloned().collect(),
             tcp,
+            blame,
         };
         (!window.is_empty()).then(|| Box::new(window))
     }
@@ -291,6 +328,7 @@ impl ProbeReader {
     /// Every cgroup id the probes hold data for.
     pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
         let mut ids: Vec<u64> = self.now.runq.keys().copied().collect();
+        ids.extend(self.now.blame_keys.keys());
         ids.extend(self.now.io_keys.keys());
         ids.extend(self.now.oom.iter().map(|k| k.cgroup_id));
         ids.extend(self.now.tcp_keys.keys());

@@ -8,6 +8,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+mod blame;
 mod network;
 mod scan;
 
@@ -72,6 +73,7 @@ impl Default for SamplerConfig {
             probes: ProbeConfig {
                 max_cgroups: cgscope_common::runq::DEFAULT_MAX_CGROUPS,
                 enabled: crate::probes::ALL.map(str::to_owned).to_vec(),
+                blame: true,
             },
             metadata: MetadataConfig::default(),
             drop_capabilities: false,
@@ -445,6 +447,9 @@ impl Sampler {
                     seconds,
                 );
             }
+        }
+        if self.probes.runq.as_ref().is_ok_and(|r| r.blame().is_some()) {
+            blame::attribute(&self.dirs, &windows, &sample_of, &mut cgroups);
         }
         // Walk order (parents before children), removed and unlisted cgroups last.
         cgroups.extend(

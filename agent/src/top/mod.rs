@@ -15,7 +15,7 @@ use crate::{
         measure::{self, Measure, Scope, Unit},
         run::targets,
     },
-    sample::{CgroupSample, Snapshot},
+    sample::{CgroupSample, RunqBlame, Snapshot},
     text::escape,
 };
 
@@ -322,27 +322,80 @@ pub fn histogram_lines(title: &str, l: &LatencySummary, width: usize) -> Vec<Str
     out
 }
 
+/// Who held the CPU while the cgroup waited: the causes over a millisecond, longest
+/// first, then the named culprits; nothing if it did not wait.
+pub fn blame_lines(blame: &RunqBlame) -> Vec<String> {
+    let mut causes: Vec<(&str, f64)> = blame
+        .causes
+        .named()
+        .into_iter()
+        .filter(|(_, s)| *s >= 0.001)
+        .collect();
+    if causes.is_empty() {
+        return Vec::new();
+    }
+    causes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = causes.iter().map(|(_, s)| s).sum();
+    let mut out = vec![format!(
+        "who held the CPU while it waited ({} in all):",
+        crate::table::duration(total)
+    )];
+    for (cause, seconds) in causes {
+        out.push(format!(
+            "  {cause:<17} {:>8}",
+            crate::table::duration(seconds)
+        ));
+    }
+    for c in &blame.culprits {
+        let name = c.name.as_deref().or(c.pod.as_deref()).unwrap_or("");
+        out.push(format!(
+            "  {:>8}  {} {}",
+            crate::table::duration(c.seconds),
+            escape(name),
+            escape(&c.path)
+        ));
+    }
+    out
+}
+
 /// The latency histograms of a cgroup: run queue, the slowest device's reads and
 /// writes, TCP RTT and connect.
 pub fn histograms(c: &CgroupSample, width: usize) -> Vec<String> {
     let mut out = Vec::new();
-    let mut add = |title: String, l: Option<&LatencySummary>| {
-        if let Some(l) = l.filter(|l| l.count > 0) {
-            out.extend(histogram_lines(&title, l, width));
+    let mut add = |lines: Vec<String>| {
+        if !lines.is_empty() {
+            out.extend(lines);
             out.push(String::new());
         }
     };
-    add("run-queue latency".into(), c.cpu.runq_latency.as_ref());
+    let hist = |title: String, l: Option<&LatencySummary>| {
+        l.filter(|l| l.count > 0)
+            .map(|l| histogram_lines(&title, l, width))
+            .unwrap_or_default()
+    };
+    add(hist(
+        "run-queue latency".into(),
+        c.cpu.runq_latency.as_ref(),
+    ));
+    add(c
+        .cpu
+        .runq_blame
+        .as_ref()
+        .map(blame_lines)
+        .unwrap_or_default());
     for d in c.io.iter().flat_map(|io| &io.devices) {
         let name = escape(d.name.as_deref().unwrap_or(&d.device));
         if let Some(l) = &d.latency {
-            add(format!("{name} read latency"), Some(&l.read));
-            add(format!("{name} write latency"), Some(&l.write));
+            add(hist(format!("{name} read latency"), Some(&l.read)));
+            add(hist(format!("{name} write latency"), Some(&l.write)));
         }
     }
     if let Some(n) = &c.network {
-        add("TCP RTT".into(), n.tcp_rtt.as_ref());
-        add("TCP connect latency".into(), n.tcp_connect_latency.as_ref());
+        add(hist("TCP RTT".into(), n.tcp_rtt.as_ref()));
+        add(hist(
+            "TCP connect latency".into(),
+            n.tcp_connect_latency.as_ref(),
+        ));
     }
     if out.is_empty() {
         out.push("no latency recorded in this window (probes not attached, or idle)".into());

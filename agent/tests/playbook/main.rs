@@ -117,6 +117,18 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
         (low * 0.97 - 0.01..=high * 1.03 + 0.01).contains(&cores),
         "{cores} cores vs cpu.stat {low:.3}-{high:.3}: {report:#}"
     );
+    // Measured, not guessed: the victim never sleeps, so it waited whenever the
+    // neighbour ran on their CPU: the neighbour held it for its CPU time.
+    let held = first["neighbours"][0]["held_seconds"]
+        .as_f64()
+        .expect("the wait split by who held the CPU (runq blame)");
+    eprintln!("neighbour held the CPU {held:.3} s of the victim's wait");
+    assert!(
+        (low * window * 0.95 - 0.02..=high * window * 1.05 + 0.02).contains(&held),
+        "held {held} s vs the neighbour's CPU time {:.3}-{:.3} s: {report:#}",
+        low * window,
+        high * window
+    );
     assert_eq!(report["examined"], 3);
 }
 
