@@ -9,7 +9,8 @@
 //! own cgroup or an ancestor was throttled goes to [`culprit::OWN_QUOTA`] instead.
 
 /// Occupants one wait can be split over: a wait that spans more switches on its
-/// CPU than this has its oldest part counted as [`culprit::UNATTRIBUTED`].
+/// CPU than this has its oldest part counted as [`culprit::UNATTRIBUTED`] (its
+/// throttled part, known apart from the occupants, still as own quota).
 pub const SEGMENTS: usize = 16;
 
 /// Finished throttle intervals each CPU remembers (throttles of any group on it).

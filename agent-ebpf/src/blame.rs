@@ -199,11 +199,19 @@ pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
             end = segment.since_ns;
         });
     }
-    add(victim, culprit::OWN_QUOTA, own_quota);
+    // Older than the timeline: its throttled part is still known (the throttles
+    // are kept apart from the occupants), the rest is unattributed.
     if !covered && end > since {
         bump(&BLAME_DROPS, drop::TIMELINE_SHORT);
-        add(victim, culprit::UNATTRIBUTED, end - since);
+        let quota = if n > 0 {
+            throttled_within(&spans, n, since, end)
+        } else {
+            0
+        };
+        own_quota += quota;
+        add(victim, culprit::UNATTRIBUTED, end - since - quota);
     }
+    add(victim, culprit::OWN_QUOTA, own_quota);
 }
 
 /// The CPU and cgroup id of a `struct cfs_rq *` (`cfs_rq->rq->cpu`,
@@ -219,7 +227,7 @@ fn cfs_rq_owner(cfs_rq: *const u8) -> Option<(u32, u64)> {
 }
 
 #[fexit(function = "throttle_cfs_rq")]
-pub fn blame_throttle(ctx: FExitContext) -> i32 {
+pub fn runq_throttle(ctx: FExitContext) -> i32 {
     let cfs_rq: *const u8 = ctx.arg(0);
     let throttled: u64 = ctx.arg(1);
     if throttled & 0xff == 0 {
@@ -249,7 +257,7 @@ pub fn blame_throttle(ctx: FExitContext) -> i32 {
 }
 
 #[fentry(function = "unthrottle_cfs_rq")]
-pub fn blame_unthrottle(ctx: FEntryContext) -> i32 {
+pub fn runq_unthrottle(ctx: FEntryContext) -> i32 {
     let cfs_rq: *const u8 = ctx.arg(0);
     let Some((cpu, group)) = cfs_rq_owner(cfs_rq) else {
         return 0;
@@ -257,7 +265,7 @@ pub fn blame_unthrottle(ctx: FEntryContext) -> i32 {
     let Some(timeline) = CPU_TIMELINE.get_ptr_mut(cpu) else {
         return 0;
     };
-    // SAFETY: as in `blame_throttle`.
+    // SAFETY: as in `runq_throttle`.
     let t = unsafe { &mut *timeline };
     let mut from_ns = 0;
     'find: {

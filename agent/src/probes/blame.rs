@@ -16,8 +16,8 @@ use super::{attach_all, counters, take_map, ProbeError};
 /// The tp_btf program that follows a waiting task to another CPU.
 const MIGRATE: [(&str, &str); 1] = [("runq_migrate", "sched_migrate_task")];
 /// The programs that see a group's quota run out and come back, per CPU.
-const THROTTLE: (&str, &str) = ("blame_throttle", "throttle_cfs_rq");
-const UNTHROTTLE: (&str, &str) = ("blame_unthrottle", "unthrottle_cfs_rq");
+const THROTTLE: (&str, &str) = ("runq_throttle", "throttle_cfs_rq");
+const UNTHROTTLE: (&str, &str) = ("runq_unthrottle", "unthrottle_cfs_rq");
 
 /// Names of the `BLAME_DROPS` slots, in slot order.
 const DROP_REASONS: [&str; drop::SLOTS as usize] = [

@@ -103,6 +103,31 @@ impl TestCgroup {
     }
 }
 
+/// Freezes (or thaws) the cgroup `dir` with `cgroup.freeze` and waits until the
+/// kernel reports it done in `cgroup.events`: a frozen cgroup's tasks neither run
+/// nor wait, so what is read while it is frozen is exact at both ends of a window.
+pub fn set_frozen(dir: &std::path::Path, frozen: bool) {
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    std::fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+        .unwrap_or_else(|e| panic!("cgroup.freeze in {}: {e}", dir.display()));
+    for _ in 0..500 {
+        let events = std::fs::read_to_string(dir.join("cgroup.events")).expect("cgroup.events");
+        if events.lines().any(|l| l == want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{} did not become `{want}` within a second", dir.display());
+}
+
+/// The CPUs this test may run on (its affinity), lowest first.
+pub fn allowed_cpus() -> Vec<usize> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
 /// Pins a child this test started to one CPU.
 pub fn pin(pid: Pid, cpu: usize) {
     let mut set = CpuSet::new();
