@@ -25,6 +25,15 @@ pub const OPEN_THROTTLES: usize = 8;
 /// kubepods container: root, kubepods, QoS, pod).
 pub const MAX_ANCESTORS: usize = 8;
 
+/// A CPU adds a piece of wait to the pair it added the last one to in its own
+/// [`Timeline`] first (no map operation, no atomic on a line that other CPUs
+/// write): the pending piece goes to `BLAME` when the pair changes, when it reaches
+/// [`PENDING_MAX_NS`], when it is older than [`PENDING_AGE_NS`], or when the CPU
+/// goes idle. What a CPU holds back at any time is less than `PENDING_MAX_NS`.
+pub const PENDING_MAX_NS: u64 = 100_000;
+/// See [`PENDING_MAX_NS`].
+pub const PENDING_AGE_NS: u64 = 1_000_000;
+
 /// Default capacity of `BLAME`: (waiter, culprit) pairs, preallocated (about 90
 /// bytes each). The agent sizes it at four per cgroup of `--max-cgroups` and
 /// deletes the pairs of removed cgroups.
@@ -103,11 +112,20 @@ pub struct Timeline {
     pub open: [Throttle; OPEN_THROTTLES],
     pub head: u32,
     pub throttle_head: u32,
+    /// The latest end of a finished throttle here: a wait that began after it
+    /// overlaps none, and its split need not look at them.
+    pub throttled_until: u64,
+    /// The pair whose piece is pending (see [`PENDING_MAX_NS`]), its nanoseconds
+    /// (0: none) and when it began to be held back.
+    pub pending: BlameKey,
+    pub pending_ns: u64,
+    pub pending_since: u64,
+    /// To a whole number of 64-byte cache lines: each CPU writes its own timeline
+    /// on every switch, and must not share a line with its neighbour's.
+    pub _pad: [u64; 2],
 }
 
-const _: () = assert!(
-    core::mem::size_of::<Timeline>() == 16 * SEGMENTS + 24 * (THROTTLES + OPEN_THROTTLES) + 8
-);
+const _: () = assert!(core::mem::size_of::<Timeline>() == 11 * 64);
 
 #[cfg(feature = "user")]
 mod pod {

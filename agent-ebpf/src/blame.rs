@@ -18,7 +18,7 @@ use aya_ebpf::{
 use cgscope_common::{
     blame::{
         culprit, drop, BlameKey, Throttle, Timeline, DEFAULT_MAX_PAIRS, MAX_ANCESTORS,
-        OPEN_THROTTLES, SEGMENTS, THROTTLES,
+        OPEN_THROTTLES, PENDING_AGE_NS, PENDING_MAX_NS, SEGMENTS, THROTTLES,
     },
     histogram::atomic_add_u64,
 };
@@ -60,7 +60,9 @@ pub fn occupant(task: *const u8, pid: u32) -> u64 {
     cgroup_id(task_cgroup(task, &off), &off).unwrap_or(ROOT_CGROUP_ID)
 }
 
-/// `occupant` runs on `cpu` from `now`.
+/// `occupant` runs on `cpu` from `now`. A switch between two tasks of the same
+/// occupant (threads of one cgroup, two kernel threads) continues its segment: the
+/// timeline then reaches further back, and a wait is split into fewer pieces.
 #[inline(always)]
 pub fn occupy(cpu: u32, now: u64, occupant: u64) {
     let Some(timeline) = CPU_TIMELINE.get_ptr_mut(cpu) else {
@@ -68,6 +70,11 @@ pub fn occupy(cpu: u32, now: u64, occupant: u64) {
     };
     // SAFETY: the entry of `cpu`, written only under that CPU's run-queue lock.
     let t = unsafe { &mut *timeline };
+    if let Some(current) = t.segments.get(t.head as usize % SEGMENTS) {
+        if current.since_ns != 0 && current.occupant == occupant {
+            return;
+        }
+    }
     let head = (t.head as usize + 1) % SEGMENTS;
     if let Some(s) = t.segments.get_mut(head) {
         s.since_ns = now;
@@ -76,18 +83,63 @@ pub fn occupy(cpu: u32, now: u64, occupant: u64) {
     t.head = head as u32;
 }
 
-#[inline(always)]
-fn add(victim: u64, culprit: u64, ns: u64) {
+/// Adds `ns` of `victim`'s wait on `culprit` at `now`: to the CPU's pending piece
+/// if it is the same pair, young and small, else to `BLAME` (the pending piece
+/// first). Not inlined, as `add_to_map`: the walk calls it from each of its
+/// unrolled steps, and inlined copies would make the program's code many times
+/// larger than the instruction cache holds, for the one or two steps that run.
+#[inline(never)]
+fn add(t: &mut Timeline, victim: u64, culprit: u64, ns: u64, now: u64) {
     if ns == 0 {
         return;
     }
     let key = BlameKey { victim, culprit };
-    if add_to(&key, ns) {
+    if t.pending_ns != 0 && t.pending == key {
+        t.pending_ns += ns;
+        if t.pending_ns >= PENDING_MAX_NS || now.wrapping_sub(t.pending_since) >= PENDING_AGE_NS {
+            flush(t);
+        }
+        return;
+    }
+    flush(t);
+    if ns >= PENDING_MAX_NS {
+        add_to_map(&key, ns);
+        return;
+    }
+    t.pending = key;
+    t.pending_ns = ns;
+    t.pending_since = now;
+}
+
+/// Moves the CPU's pending piece (if any) to `BLAME`.
+#[inline(always)]
+pub fn flush(t: &mut Timeline) {
+    if t.pending_ns != 0 {
+        let key = t.pending;
+        add_to_map(&key, t.pending_ns);
+        t.pending_ns = 0;
+    }
+}
+
+/// [`flush`] of `cpu`'s timeline: the CPU goes idle, so nothing stays held back.
+#[inline(always)]
+pub fn flush_cpu(cpu: u32) {
+    if let Some(timeline) = CPU_TIMELINE.get_ptr_mut(cpu) {
+        // SAFETY: the entry of `cpu`, written only under that CPU's run-queue lock.
+        flush(unsafe { &mut *timeline });
+    }
+}
+
+/// Adds `ns` to `key`'s pair in `BLAME`; if the map is full, to the victim's
+/// unattributed pair.
+#[inline(never)]
+fn add_to_map(key: &BlameKey, ns: u64) {
+    if add_to(key, ns) {
         return;
     }
     bump(&BLAME_DROPS, drop::MAP_FULL);
     let fallback = BlameKey {
-        victim,
+        victim: key.victim,
         culprit: culprit::UNATTRIBUTED,
     };
     if !add_to(&fallback, ns) {
@@ -143,22 +195,19 @@ fn in_chain(id: u64, victim: u64, ancestors: &[u64; MAX_ANCESTORS]) -> bool {
     found
 }
 
-/// Splits the wait `[since, now)` of `task` (cgroup `victim`) on `cpu` over that
-/// CPU's occupants, newest first; the pieces during which `victim` or one of its
-/// ancestors was throttled there are its own quota.
+/// The throttles on `timeline` of `victim` (the cgroup of `task`) or one of its
+/// ancestors that overlap `[since, now)`, into `spans`; how many.
 #[inline(always)]
-pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
-    if now <= since {
-        return;
-    }
-    let Some(timeline) = CPU_TIMELINE.get(cpu) else {
-        add(victim, culprit::UNATTRIBUTED, now - since);
-        return;
-    };
+fn own_throttles(
+    timeline: &Timeline,
+    task: *const u8,
+    victim: u64,
+    since: u64,
+    now: u64,
+    spans: &mut [(u64, u64); THROTTLES],
+) -> usize {
     let off = offsets();
     let ancestors: [u64; MAX_ANCESTORS] = cgroup_ancestors(task_cgroup(task, &off), &off);
-    // This wait's own throttles: of its cgroup or an ancestor, overlapping it.
-    let mut spans = [(0u64, 0u64); THROTTLES];
     let mut n = 0;
     unroll!(i in 0..8 => {
         let t = timeline.throttles[i % THROTTLES];
@@ -171,6 +220,38 @@ pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
             n += 1;
         }
     });
+    n
+}
+
+/// Splits the wait `[since, now)` of `task` (cgroup `victim`) on `cpu` over that
+/// CPU's occupants, newest first; the pieces during which `victim` or one of its
+/// ancestors was throttled there are its own quota.
+#[inline(always)]
+pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
+    if now <= since {
+        return;
+    }
+    let Some(timeline) = CPU_TIMELINE.get_ptr_mut(cpu) else {
+        add_to_map(
+            &BlameKey {
+                victim,
+                culprit: culprit::UNATTRIBUTED,
+            },
+            now - since,
+        );
+        return;
+    };
+    // SAFETY: the entry of `cpu`, whose run-queue lock is held (its switch, or a
+    // migration away from it).
+    let timeline = unsafe { &mut *timeline };
+    // This wait's own throttles: of its cgroup or an ancestor, overlapping it
+    // (none if every throttle here ended before it began: most waits).
+    let mut spans = [(0u64, 0u64); THROTTLES];
+    let n = if timeline.throttled_until > since {
+        own_throttles(timeline, task, victim, since, now, &mut spans)
+    } else {
+        0
+    };
     let mut own_quota = 0;
     let mut end = now;
     let mut covered = false;
@@ -190,7 +271,7 @@ pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
                     0
                 };
                 own_quota += quota;
-                add(victim, segment.occupant, end - start - quota);
+                add(timeline, victim, segment.occupant, end - start - quota, now);
             }
             if segment.since_ns <= since {
                 covered = true;
@@ -209,9 +290,15 @@ pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
             0
         };
         own_quota += quota;
-        add(victim, culprit::UNATTRIBUTED, end - since - quota);
+        add(
+            timeline,
+            victim,
+            culprit::UNATTRIBUTED,
+            end - since - quota,
+            now,
+        );
     }
-    add(victim, culprit::OWN_QUOTA, own_quota);
+    add(timeline, victim, culprit::OWN_QUOTA, own_quota, now);
 }
 
 /// The CPU and cgroup id of a `struct cfs_rq *` (`cfs_rq->rq->cpu`,
@@ -282,13 +369,15 @@ pub fn runq_unthrottle(ctx: FEntryContext) -> i32 {
         return 0;
     }
     let head = (t.throttle_head as usize + 1) % THROTTLES;
+    let to_ns = now_ns();
     if let Some(slot) = t.throttles.get_mut(head) {
         *slot = Throttle {
             from_ns,
-            to_ns: now_ns(),
+            to_ns,
             cgroup_id: group,
         };
     }
     t.throttle_head = head as u32;
+    t.throttled_until = to_ns;
     0
 }

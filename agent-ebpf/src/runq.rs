@@ -145,6 +145,9 @@ fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> 
         if let Some(q) = &queued {
             blame::settle(q.cgroup_id, next, cpu, q.settled_ns, now);
         }
+        if next_pid == 0 {
+            blame::flush_cpu(cpu);
+        }
         blame::occupy(cpu, now, blame::occupant(next, next_pid));
     }
     match queued {

@@ -224,6 +224,7 @@ fn run_command(config: RunConfig) -> anyhow::Result<()> {
     })?;
     for probe in sampler.probes().status() {
         match probe.error {
+            None if !probe.attached => log::info!("probe {} off (--probes)", probe.name),
             None => log::info!("probe {} attached", probe.name),
             Some(e) => log::warn!("probe {} not attached: {e}", probe.name),
         }

@@ -207,10 +207,12 @@ fn a_noisy_pod_on_the_same_cpu_is_the_victims_neighbour() {
     );
     assert_eq!(neighbour["name"], "batch", "named by the CRI: {report:#}");
     // The two busy loops are the only busy tasks on their CPU: whenever the
-    // victim waits, it is nearly always the noisy pod that runs.
+    // victim waits, it is nearly always the noisy pod that runs. (Not an upper
+    // bound: the agent reads the wait and its split one after the other, and a wait
+    // that ends in between is in one of them only.)
     let held = neighbour["held_seconds"].as_f64().expect("held_seconds");
     assert!(
-        held >= 0.8 * waited && held <= waited * 1.001,
+        held >= 0.8 * waited,
         "held {held} s of the victim's {waited} s wait: {report:#}"
     );
     cri.remove_pod(&victim_pod, &victim);
