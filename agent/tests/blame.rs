@@ -19,20 +19,13 @@ use cgscope::{
     sample::{BlameCauses, CgroupSample, RunqBlame},
     sampler::{Sampler, SamplerConfig},
 };
-use common::{schedstat, set_frozen, TestTree};
+use common::{find, schedstat, set_frozen, TestTree};
 use nix::unistd::Pid;
 
 const WINDOW: Duration = Duration::from_secs(3);
 
 /// Attribution against truth: the bound.
 const TOLERANCE: f64 = 0.10;
-
-fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
-    cgroups
-        .iter()
-        .find(|c| c.path == path)
-        .unwrap_or_else(|| panic!("{path} missing from the snapshot"))
-}
 
 fn total(c: &BlameCauses) -> f64 {
     c.own

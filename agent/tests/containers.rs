@@ -11,23 +11,15 @@ use std::{
 
 use cgscope::{
     cgroup::identity::{CgroupKind, Qos, Runtime},
-    sample::CgroupSample,
     sampler::{Sampler, SamplerConfig},
 };
-use common::{schedstat, TestNetns, TestTree};
+use common::{find, schedstat, TestNetns, TestTree};
 
 const POD_UID: &str = "8e1f3c2a-7b4d-4e5f-9a6b-1c2d3e4f5a6b";
 const CONTAINER_ID: &str = "9b8f7e6d5c4b3a29180716253443526170819203a4b5c6d7e8f9a0b1c2d3e4f5";
 const DATAGRAMS: u64 = 200;
 const DATAGRAM_BYTES: usize = 1000;
 const CONNECTS: u64 = 5;
-
-fn find<'a>(cgroups: &'a [CgroupSample], path: &str) -> &'a CgroupSample {
-    cgroups
-        .iter()
-        .find(|c| c.path == path)
-        .unwrap_or_else(|| panic!("{path} missing"))
-}
 
 #[test]
 fn kubepods_container_identity_stats_and_network() {

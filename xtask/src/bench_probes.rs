@@ -203,6 +203,16 @@ struct Target {
     max: f64,
 }
 
+impl Target {
+    const fn new(label: &'static str, against: &'static str, max: f64) -> Self {
+        Self {
+            label,
+            against,
+            max,
+        }
+    }
+}
+
 /// Lowest and highest of `values`.
 fn spread(values: &[f64]) -> (f64, f64) {
     values
@@ -366,11 +376,6 @@ pub fn runq(rounds: usize) -> anyhow::Result<()> {
         (FLOOR, &floor, ""),
     ];
     let results = compare(&configurations, rounds, messaging)?;
-    let target = |label, against, max| Target {
-        label,
-        against,
-        max,
-    };
     report(
         &format!(
             "runq: perf {} ({rounds} rounds), per context switch",
@@ -380,10 +385,10 @@ pub fn runq(rounds: usize) -> anyhow::Result<()> {
         &results,
         "runqlat",
         &[
-            target("cgscope runq", FLOOR, 2.0),
-            target("cgscope runq+blame", FLOOR, 2.0),
-            target("cgscope runq+blame", "cgscope runq", 1.3),
-            target("cgscope runq+blame", "runqlat", 1.0),
+            Target::new("cgscope runq", FLOOR, 2.0),
+            Target::new("cgscope runq+blame", FLOOR, 2.0),
+            Target::new("cgscope runq+blame", "cgscope runq", 1.3),
+            Target::new("cgscope runq+blame", "runqlat", 1.0),
         ],
         None,
     )
@@ -461,16 +466,8 @@ pub fn io(rounds: usize) -> anyhow::Result<()> {
         &results,
         "biolatency",
         &[
-            Target {
-                label: "cgscope blockio",
-                against: FLOOR,
-                max: io_floor_ratio,
-            },
-            Target {
-                label: "cgscope blockio",
-                against: "biolatency",
-                max: 1.0,
-            },
+            Target::new("cgscope blockio", FLOOR, io_floor_ratio),
+            Target::new("cgscope blockio", "biolatency", 1.0),
         ],
         Some(("cgscope blockio", 0.01)),
     )
@@ -584,16 +581,8 @@ pub fn net(rounds: usize) -> anyhow::Result<()> {
         (FLOOR, &floor, ""),
     ];
     let targets = [
-        Target {
-            label: "cgscope tcp",
-            against: FLOOR,
-            max: 1.5,
-        },
-        Target {
-            label: "cgscope tcp",
-            against: "bpftrace",
-            max: 1.0,
-        },
+        Target::new("cgscope tcp", FLOOR, 1.5),
+        Target::new("cgscope tcp", "bpftrace", 1.0),
     ];
     let loss = Some(("cgscope tcp", 0.01));
     let results = compare(&configurations, rounds, iperf3)?;

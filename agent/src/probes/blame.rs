@@ -2,7 +2,7 @@
 //! nanoseconds each cgroup's tasks waited, split by what held their CPU meanwhile,
 //! read as cumulative (waiter, culprit) pairs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -11,7 +11,7 @@ use aya::{
 };
 use cgscope_common::blame::{drop, BlameKey, SEGMENTS};
 
-use super::{attach_all, counters, take_map, ProbeError};
+use super::{attach_all, attach_traced, counters, take_map, ProbeError};
 
 /// The tp_btf program that follows a waiting task to another CPU.
 const MIGRATE: [(&str, &str); 1] = [("runq_migrate", "sched_migrate_task")];
@@ -71,6 +71,7 @@ impl Blame {
         if dead.is_empty() {
             return;
         }
+        let dead: HashSet<u64> = dead.iter().copied().collect();
         let gone: Vec<BlameKey> = self
             .pairs
             .keys()
@@ -107,32 +108,8 @@ impl Blame {
 
 /// fexit `throttle_cfs_rq` and fentry `unthrottle_cfs_rq`, both or neither.
 fn attach_throttles(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbeError> {
-    let (name, function) = THROTTLE;
-    let throttle: &mut FExit = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::MissingProgram(name))?
-        .try_into()
-        .map_err(|e| ProbeError::program(name, function, e))?;
-    throttle
-        .load(function, btf)
-        .map_err(|e| ProbeError::program(name, function, e))?;
-    let throttle_link = throttle
-        .attach()
-        .map_err(|e| ProbeError::program(name, function, e))?;
-    let (name, function) = UNTHROTTLE;
-    let result = (|| {
-        let unthrottle: &mut FEntry = ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::MissingProgram(name))?
-            .try_into()
-            .map_err(|e| ProbeError::program(name, function, e))?;
-        unthrottle
-            .load(function, btf)
-            .map_err(|e| ProbeError::program(name, function, e))?;
-        unthrottle
-            .attach()
-            .map_err(|e| ProbeError::program(name, function, e))
-    })();
+    let throttle_link = attach_traced!(ebpf, btf, FExit, THROTTLE)?;
+    let result = attach_traced!(ebpf, btf, FEntry, UNTHROTTLE);
     if result.is_err() {
         if let Some(Ok(throttle)) = ebpf.program_mut(THROTTLE.0).map(<&mut FExit>::try_from) {
             let _ = throttle.detach(throttle_link);

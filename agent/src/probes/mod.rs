@@ -111,6 +111,29 @@ pub struct Probes {
     pub tcp: Result<tcp::Tcp, ProbeError>,
 }
 
+/// Loads the fentry or fexit program (`$kind`: `FEntry`, `FExit`) named by
+/// `$program: (name, kernel function)` and attaches it to that function: its link
+/// id, or why not.
+macro_rules! attach_traced {
+    ($ebpf:expr, $btf:expr, $kind:ty, $program:expr) => {{
+        let (name, function): (&'static str, &'static str) = $program;
+        (|| {
+            let program: &mut $kind = $ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| ProbeError::program(name, function, e))?;
+            program
+                .load(function, $btf)
+                .map_err(|e| ProbeError::program(name, function, e))?;
+            program
+                .attach()
+                .map_err(|e| ProbeError::program(name, function, e))
+        })()
+    }};
+}
+pub(crate) use attach_traced;
+
 /// Loads the tp_btf programs `(program, tracepoint)` and attaches them; on failure,
 /// unloads what it loaded, so that a probe is attached whole or not at all.
 pub(crate) fn attach_all(

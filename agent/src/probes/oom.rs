@@ -8,7 +8,7 @@ use aya::{
 };
 use cgscope_common::oom::{drop, OomVictim, MAX_ANCESTORS};
 
-use super::{attach_all, counters, take_map, ProbeError};
+use super::{attach_all, attach_traced, counters, take_map, ProbeError};
 use crate::sample::ProbeStatus;
 
 pub const NAME: &str = "oom";
@@ -84,18 +84,7 @@ impl Oom {
             attach_all(ebpf, btf, &[TRACEPOINT])?;
             "tp_btf mark_victim"
         } else {
-            let (name, function) = FENTRY;
-            let program: &mut FEntry = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|e| ProbeError::program(name, function, e))?;
-            program
-                .load(function, btf)
-                .map_err(|e| ProbeError::program(name, function, e))?;
-            program
-                .attach()
-                .map_err(|e| ProbeError::program(name, function, e))?;
+            attach_traced!(ebpf, btf, FEntry, FENTRY)?;
             "fentry __oom_kill_process"
         };
         Ok(Self {

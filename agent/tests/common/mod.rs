@@ -103,6 +103,17 @@ impl TestCgroup {
     }
 }
 
+/// The sample of the cgroup at `path` (as cgscope reports it) in a snapshot.
+pub fn find<'a>(
+    cgroups: &'a [cgscope::sample::CgroupSample],
+    path: &str,
+) -> &'a cgscope::sample::CgroupSample {
+    cgroups
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("{path} missing from the snapshot"))
+}
+
 /// Freezes (or thaws) the cgroup `dir` with `cgroup.freeze` and waits until the
 /// kernel reports it done in `cgroup.events`: a frozen cgroup's tasks neither run
 /// nor wait, so what is read while it is frozen is exact at both ends of a window.
