@@ -257,7 +257,7 @@ pub fn settle(victim: u64, task: *const u8, cpu: u32, since: u64, now: u64) {
     let mut covered = false;
     // Newest first, back to the segment in which the wait began.
     'walk: {
-        unroll!(i in 0..16 => {
+        unroll!(i in 0..8 => {
             let index = (timeline.head as usize + SEGMENTS - i) % SEGMENTS;
             let segment = timeline.segments[index];
             if segment.since_ns == 0 {
