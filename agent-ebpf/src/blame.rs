@@ -86,8 +86,8 @@ pub fn occupy(cpu: u32, now: u64, occupant: u64) {
 /// Adds `ns` of `victim`'s wait on `culprit` at `now`: to the CPU's pending piece
 /// if it is the same pair, young and small, else to `BLAME` (the pending piece
 /// first). Not inlined, as `add_to_map`: the walk calls it from each of its
-/// unrolled steps, and inlined copies would make the program's code many times
-/// larger than the instruction cache holds, for the one or two steps that run.
+/// unrolled steps, and one subprogram instead of a copy per step halved what the
+/// verifier does at load (3.4 s -> 1.7 s of CPU, when the walk had 16 steps).
 #[inline(never)]
 fn add(t: &mut Timeline, victim: u64, culprit: u64, ns: u64, now: u64) {
     if ns == 0 {
