@@ -225,7 +225,12 @@ fn runq_blame(blame: &RunqBlame, out: &mut Points<'_>) {
             .sum();
         let rest = (seconds - named).max(0.0);
         if rest > 0.0 {
-            let attributes = vec![("cpu.runq.cause", cause.to_owned())];
+            // The same attributes as a named culprit's, empty: one label set.
+            let attributes = vec![
+                ("cpu.runq.cause", cause.to_owned()),
+                ("cpu.runq.culprit", String::new()),
+                ("cpu.runq.culprit_name", String::new()),
+            ];
             out.double(&c::CPU_RUNQ_BLAME, attributes, Some(rest));
         }
     }
