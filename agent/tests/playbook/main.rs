@@ -118,13 +118,22 @@ fn playbook_cpu_contention_finds_the_noisy_neighbour() {
         "{cores} cores vs cpu.stat {low:.3}-{high:.3}: {report:#}"
     );
     // Measured, not guessed: the victim never sleeps, so it waited whenever the
-    // neighbour ran on their CPU: the neighbour held it for its CPU time.
+    // neighbour ran on their CPU, and no more than the neighbour's CPU time can be
+    // blamed on it. Less can: a wait that spans more than the timeline's 8
+    // occupants has its oldest part counted `unattributed` (on a one-CPU VM the
+    // starved victim's waits do, about half of them), so only the upper bound is
+    // exact here; tests/blame.rs holds the split to 10 % where the timeline covers
+    // every wait.
     let held = first["neighbours"][0]["held_seconds"]
         .as_f64()
         .expect("the wait split by who held the CPU (runq blame)");
-    eprintln!("neighbour held the CPU {held:.3} s of the victim's wait");
+    eprintln!(
+        "neighbour held the CPU {held:.3} s of the victim's wait; its CPU time {:.3}-{:.3} s",
+        low * window,
+        high * window
+    );
     assert!(
-        (low * window * 0.95 - 0.02..=high * window * 1.05 + 0.02).contains(&held),
+        held > 0.0 && held <= high * window * 1.05 + 0.02,
         "held {held} s vs the neighbour's CPU time {:.3}-{:.3} s: {report:#}",
         low * window,
         high * window
