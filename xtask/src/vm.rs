@@ -60,12 +60,16 @@ pub enum KernelChoice {
     All,
 }
 
+/// See [`VmArgs::timeout`].
+const TIMEOUT_SECONDS: u64 = 1800;
+
 #[derive(clap::Args)]
 pub struct VmArgs {
     #[arg(long, value_enum, default_value_t = KernelChoice::All)]
     kernel: KernelChoice,
-    /// Give up on a VM after this many seconds.
-    #[arg(long, default_value_t = 1200)]
+    /// Give up on a VM after this many seconds (a whole run took 1,000-1,100 s
+    /// under TCG on a 2-core host in November 2026).
+    #[arg(long, default_value_t = TIMEOUT_SECONDS)]
     timeout: u64,
     /// Only these test binaries (by name: `blame,runq`); all by default.
     #[arg(long, value_delimiter = ',')]
@@ -76,7 +80,7 @@ impl VmArgs {
     pub fn all() -> Self {
         Self {
             kernel: KernelChoice::All,
-            timeout: 1200,
+            timeout: TIMEOUT_SECONDS,
             tests: Vec::new(),
         }
     }
