@@ -58,14 +58,7 @@ fn a_thousand_containers_come_and_go_while_scanning() {
     let pid = agent.id();
     // Ready first (probes verified and attached, the signal handler in place):
     // under TCG the kernel's verifier alone can take seconds.
-    let started = std::time::Instant::now();
-    while !common::http_get("127.0.0.1:19465", "/readyz").is_ok_and(|(status, _)| status == 200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "cgscope run not ready in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_ready("127.0.0.1:19465", Duration::from_secs(60));
     churn(&tree, 0, 200); // warm-up: allocator pools reach their working size
     std::thread::sleep(Duration::from_secs(1));
     let baseline = rss_kib(pid);

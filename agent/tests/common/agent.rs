@@ -234,3 +234,16 @@ pub fn set_descriptor_limit(pid: u32, new: libc::rlimit) -> libc::rlimit {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     old
 }
+
+/// Waits until the agent at `addr` answers `/readyz` with 200 (probes attached,
+/// first window done); panics after `within`.
+pub fn wait_ready(addr: &str, within: Duration) {
+    let started = std::time::Instant::now();
+    while !http_get(addr, "/readyz").is_ok_and(|(status, _)| status == 200) {
+        assert!(
+            started.elapsed() < within,
+            "cgscope run at {addr} not ready in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -73,14 +73,7 @@ fn agent(listen: &str, top: &str, env: &[(&str, &str)]) -> Peer {
         cmd.env(k, v);
     }
     let agent = Peer(cmd.spawn().expect("start cgscope run"));
-    let started = Instant::now();
-    while !http_get(listen, "/readyz").is_ok_and(|(status, _)| status == 200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "cgscope run not ready in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_ready(listen, Duration::from_secs(60));
     agent
 }
 
