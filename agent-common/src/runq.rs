@@ -47,7 +47,8 @@ const _: () = assert!(core::mem::size_of::<QueuedTask>() == 32);
 pub struct TaskOffsets {
     /// `task_struct.pid`
     pub task_pid: u32,
-    /// `task_struct.on_cpu` (`int`, 1 while the task runs on a CPU)
+    /// `task_struct.on_cpu` (1 while the task runs on a CPU): `int`, or one byte
+    /// (7.x), as `task_on_cpu_size` says
     pub task_on_cpu: u32,
     /// `task_struct.cgroups` (`struct css_set *`)
     pub task_cgroups: u32,
@@ -78,10 +79,16 @@ pub struct TaskOffsets {
     pub task_group_css_cgroup: u32,
     /// `rq.cpu` (`int`)
     pub rq_cpu: u32,
+    /// 0 where `sched_switch` passes `prev_state` (5.18+); else where the outgoing
+    /// task's state is read instead: `task_struct.__state` (`unsigned int`, 5.14+) or
+    /// `task_struct.state` (`long`, before; its low 32 bits, little-endian).
+    pub task_state: u32,
+    /// The width of `task_struct.on_cpu` in bytes: 4 or 1.
+    pub task_on_cpu_size: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -41,6 +41,8 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     cfs_rq_tg: 0,
     task_group_css_cgroup: 0,
     rq_cpu: 0,
+    task_state: 0,
+    task_on_cpu_size: 0,
     _pad: 0,
 };
 
@@ -95,7 +97,12 @@ pub fn task_comm(task: *const u8, off: &TaskOffsets) -> [u8; 16] {
 /// `task->on_cpu`: whether the task is running on a CPU right now.
 #[inline(always)]
 pub fn task_on_cpu(task: *const u8, off: &TaskOffsets) -> bool {
-    load::<u32>(task, off.task_on_cpu) != 0
+    // One byte since 7.x; the verifier follows only the branch the read-only
+    // setting selects.
+    match off.task_on_cpu_size {
+        1 => load::<u8>(task, off.task_on_cpu) != 0,
+        _ => load::<u32>(task, off.task_on_cpu) != 0,
+    }
 }
 
 /// `cgroup->kn->id` of a `struct cgroup *`: its id, the inode number of its v2

@@ -5,7 +5,8 @@
 //! Hooks (tp_btf, BTF-enabled raw tracepoints, kernel >= 5.5):
 //! - `sched_wakeup`, `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
 //! - `sched_switch`: `TP_PROTO(bool preempt, struct task_struct *prev,
-//!   struct task_struct *next, unsigned int prev_state)`; `prev_state` since 5.18.
+//!   struct task_struct *next, unsigned int prev_state)`; `prev_state` since 5.18,
+//!   before which the outgoing task's state is read from the task.
 //! - with blame (`crate::blame`, `runq_switch_blame` for `runq_switch`), also
 //!   `sched_migrate_task`: `TP_PROTO(struct task_struct *p, int dest_cpu)`.
 //!   Minimum kernel: 6.1, for non-preallocated hash maps in tracing programs.
@@ -115,7 +116,14 @@ fn try_wakeup(task: *const u8) -> Result<(), u32> {
 fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let preempt: u64 = ctx.arg(0);
     let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
+    let off = offsets();
+    // Before 5.18 the tracepoint has no `prev_state`: the task's own state field,
+    // read under the same run-queue lock (the agent sets one or the other; the
+    // verifier follows only the branch the read-only setting selects).
+    let prev_state: u64 = match off.task_state {
+        0 => ctx.arg(3),
+        state => u64::from(load::<u32>(ctx.arg(1), state)),
+    };
     let now = now_ns();
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -132,7 +140,7 @@ fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> 
         }
     }
 
-    let next_pid = task_pid(next, &offsets());
+    let next_pid = task_pid(next, &off);
     // SAFETY: the value is copied out before the entry is removed.
     let queued = match next_pid {
         0 => None,

@@ -294,15 +294,10 @@ impl Btf {
         })
     }
 
-    /// Whether argument `arg` (from 0) of the raw tracepoint `tracepoint` is a
-    /// pointer, from the `btf_trace_<tracepoint>` typedef the kernel declares for
-    /// tp_btf programs (`void (*)(void *ctx, args...)`): tells apart kernels whose
-    /// tracepoint passes a `struct task_struct *` from those that pass a pid.
-    pub fn tracepoint_arg_is_pointer(
-        &self,
-        tracepoint: &str,
-        arg: usize,
-    ) -> Result<bool, BtfError> {
+    /// The argument types of the raw tracepoint `tracepoint` (without the context),
+    /// from the `btf_trace_<tracepoint>` typedef the kernel declares for tp_btf
+    /// programs (`void (*)(void *ctx, args...)`).
+    fn tracepoint_params(&self, tracepoint: &str) -> Result<Vec<u32>, BtfError> {
         let name = format!("btf_trace_{tracepoint}");
         let typedef = self
             .types
@@ -314,13 +309,33 @@ impl Btf {
             return Err(BtfError::Malformed("tracepoint typedef is not a pointer"));
         }
         let proto = self.rec(self.strip(pointer.size_or_type)?)?;
-        if proto.kind != KIND_FUNC_PROTO || arg + 1 >= proto.vlen as usize {
-            return Err(BtfError::Malformed(
-                "tracepoint prototype without that argument",
-            ));
+        if proto.kind != KIND_FUNC_PROTO || proto.vlen == 0 {
+            return Err(BtfError::Malformed("tracepoint typedef is not a prototype"));
         }
         // Parameters are (name_off, type) pairs; the first is the context.
-        let param_type = u32_at(&self.type_section, proto.data + 8 * (arg + 1) + 4)?;
+        (1..proto.vlen as usize)
+            .map(|i| u32_at(&self.type_section, proto.data + 8 * i + 4))
+            .collect()
+    }
+
+    /// How many arguments the raw tracepoint `tracepoint` passes: tells kernels apart
+    /// where a tracepoint gained one (`sched_switch`'s `prev_state`, 5.18).
+    pub fn tracepoint_arity(&self, tracepoint: &str) -> Result<usize, BtfError> {
+        Ok(self.tracepoint_params(tracepoint)?.len())
+    }
+
+    /// Whether argument `arg` (from 0) of the raw tracepoint `tracepoint` is a
+    /// pointer: tells apart kernels whose tracepoint passes a `struct task_struct *`
+    /// from those that pass a pid.
+    pub fn tracepoint_arg_is_pointer(
+        &self,
+        tracepoint: &str,
+        arg: usize,
+    ) -> Result<bool, BtfError> {
+        let params = self.tracepoint_params(tracepoint)?;
+        let param_type = *params.get(arg).ok_or(BtfError::Malformed(
+            "tracepoint prototype without that argument",
+        ))?;
         Ok(self.rec(self.strip(param_type)?)?.kind == KIND_PTR)
     }
 

@@ -69,7 +69,7 @@ const PACKAGES: &[&str] = &[
 const RECIPE: u32 = 1;
 
 /// The node's kernel: the one bookworm ships (6.1).
-const KERNEL: usize = 0;
+const KERNEL: &str = "6.1";
 
 /// Boot and run time allowed; the node tests themselves bound each phase.
 pub const TIMEOUT: Duration = Duration::from_secs(1500);
@@ -99,7 +99,10 @@ pub fn report(timeout: Duration) -> anyhow::Result<EnvReport> {
     setup::run()?;
     let cache = cmd::workspace_root().join(".cache/vm");
     fs::create_dir_all(&cache)?;
-    let kernel = &vm::KERNELS[KERNEL];
+    let kernel = vm::KERNELS
+        .iter()
+        .find(|k| k.name == KERNEL)
+        .context("the node's kernel is in the VM matrix")?;
     let vmlinuz = vm::fetch_kernel(kernel, &cache)?;
     let kernel_root = cache.join(kernel.name).join("root");
 

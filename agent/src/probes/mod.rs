@@ -209,7 +209,10 @@ pub(crate) fn counters(
 pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
     Ok(TaskOffsets {
         task_pid: btf.offset_of("task_struct", "pid", 4)?,
-        task_on_cpu: btf.offset_of("task_struct", "on_cpu", 4)?,
+        // `int` until 7.x, then one byte.
+        task_on_cpu: btf
+            .offset_of("task_struct", "on_cpu", 4)
+            .or_else(|_| btf.offset_of("task_struct", "on_cpu", 1))?,
         task_cgroups: btf.offset_of("task_struct", "cgroups", 8)?,
         css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp", 8)?,
         cgroup_kn: btf.offset_of("cgroup", "kn", 8)?,
@@ -233,8 +236,34 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
         cfs_rq_tg: 0,
         task_group_css_cgroup: 0,
         rq_cpu: 0,
+        task_state: switch_state_offset(btf)?,
+        task_on_cpu_size: btf.member("task_struct", "on_cpu")?.size,
         _pad: 0,
     })
+}
+
+/// Where the runq switch program finds the outgoing task's state: 0 for
+/// `sched_switch`'s own `prev_state` argument (5.18+), else the offset of the task's
+/// state field (see [`TaskOffsets::task_state`]).
+fn switch_state_offset(btf: &crate::btf::Btf) -> Result<u32, BtfError> {
+    Ok(match switch_state_field(btf)? {
+        None => 0,
+        Some(field) => btf.member("task_struct", field)?.offset,
+    })
+}
+
+/// The task field the runq switch program reads the outgoing task's state from, on
+/// kernels whose `sched_switch` has no `prev_state` (before 5.18): `__state`
+/// (`unsigned int`, 5.14+) or `state` (`long`).
+pub fn switch_state_field(btf: &crate::btf::Btf) -> Result<Option<&'static str>, BtfError> {
+    if btf.tracepoint_arity("sched_switch")? >= 4 {
+        return Ok(None);
+    }
+    if btf.offset_of("task_struct", "__state", 4).is_ok() {
+        return Ok(Some("__state"));
+    }
+    btf.offset_of("task_struct", "state", 8)?;
+    Ok(Some("state"))
 }
 
 /// The `cfs_rq`, `task_group` and `rq` fields blame's throttle programs read, set
@@ -253,6 +282,8 @@ pub fn group_offsets(btf: &crate::btf::Btf, offsets: &mut TaskOffsets) -> Result
 struct KernelFacts {
     /// Whether the blockio fields were found (else why not).
     blockio: Result<(), BtfError>,
+    /// The task field read for `sched_switch`'s missing `prev_state` (before 5.18).
+    switch_state: Option<&'static str>,
     /// Whether `mark_victim` passes the victim task (6.8+) rather than a pid.
     oom_victim_is_task: bool,
     /// Whether the tcp fields were found (else why not).
@@ -302,6 +333,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     let ebpf = loader.load(EBPF_OBJECT)?;
     let facts = KernelFacts {
         blockio: blockio.map(drop),
+        switch_state: switch_state_field(&ours)?,
         oom_victim_is_task: ours
             .tracepoint_arg_is_pointer("mark_victim", 0)
             .unwrap_or(false),
@@ -322,7 +354,8 @@ impl Probes {
                 let wanted = |name| config.wants(name).then_some(()).ok_or(ProbeError::Disabled);
                 let runq = wanted(runq::NAME).and_then(|()| {
                     let group = facts.group_offsets.as_ref().map_err(|e| e.to_string());
-                    runq::Runq::attach(&mut ebpf, &btf, config.blame, group.map(|_| ()))
+                    let group = group.map(|_| ());
+                    runq::Runq::attach(&mut ebpf, &btf, config.blame, group, facts.switch_state)
                 });
                 let blockio = wanted(blockio::NAME).and_then(|()| {
                     let fields = facts.blockio.as_ref().map(|_| ());

@@ -41,17 +41,21 @@ pub struct Runq {
     drops: PerCpuArray<MapData, u64>,
     /// Who caused the waits: `None` when turned off, else attached or why not.
     pub blame: Option<Result<Blame, ProbeError>>,
+    /// The task field read for the outgoing task's state (kernels before 5.18).
+    switch_state: Option<&'static str>,
 }
 
 impl Runq {
     /// Loads and attaches the three programs, all or none: with `blame`, the switch
     /// program that splits each wait and blame's own programs; blame failing leaves
-    /// the latency histograms attached. `group_offsets`: see [`Blame::attach`].
+    /// the latency histograms attached. `group_offsets`: see [`Blame::attach`];
+    /// `switch_state`: see [`super::switch_state_field`].
     pub fn attach(
         ebpf: &mut Ebpf,
         btf: &aya::Btf,
         blame: bool,
         group_offsets: Result<(), String>,
+        switch_state: Option<&'static str>,
     ) -> Result<Self, ProbeError> {
         // With blame, the switch program that splits each wait; where this kernel
         // refuses it, the plain one, and blame says why.
@@ -71,6 +75,7 @@ impl Runq {
             hist: take_map(ebpf, "RUNQ_HIST")?,
             drops: take_map(ebpf, "RUNQ_DROPS")?,
             blame,
+            switch_state,
         })
     }
 
@@ -81,11 +86,17 @@ impl Runq {
 
     /// How the probe measures on this kernel.
     pub fn notes(&self) -> Vec<String> {
-        match &self.blame {
+        let mut notes = match &self.blame {
             None => vec!["blame off (--runq-blame false): waits are not split by cause".to_owned()],
             Some(Ok(blame)) => blame.notes(),
             Some(Err(e)) => vec![format!("blame not attached: {e}")],
+        };
+        if let Some(field) = self.switch_state {
+            notes.push(format!(
+                "sched_switch has no prev_state before 5.18: using task_struct.{field}"
+            ));
         }
+        notes
     }
 
     /// Reads the cumulative histogram of every cgroup into `out` (cleared first).
