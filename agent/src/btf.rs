@@ -282,6 +282,11 @@ impl Btf {
         Err(BtfError::Malformed("type chain too long"))
     }
 
+    /// Whether the kernel defines `struct <strukt>`.
+    pub fn has_struct(&self, strukt: &str) -> bool {
+        self.structs.contains_key(strukt)
+    }
+
     /// Offset and size of `strukt.member`.
     pub fn member(&self, strukt: &str, member: &str) -> Result<Member, BtfError> {
         let id = *self

@@ -5,6 +5,7 @@
 pub mod blame;
 pub mod blockio;
 pub mod oom;
+mod prealloc;
 pub mod runq;
 pub mod tcp;
 pub mod window;
@@ -109,6 +110,8 @@ pub struct Probes {
     pub blockio: Result<blockio::Blockio, ProbeError>,
     pub oom: Result<oom::Oom, ProbeError>,
     pub tcp: Result<tcp::Tcp, ProbeError>,
+    /// Maps preallocated on this kernel (see [`prealloc`]): probe, note.
+    preallocated: Vec<(&'static str, String)>,
 }
 
 /// Loads the fentry or fexit program (`$kind`: `FEntry`, `FExit`) named by
@@ -291,6 +294,8 @@ struct KernelFacts {
     /// Whether the `cfs_rq`/`task_group` fields of blame's throttle programs were
     /// found (else why not).
     group_offsets: Result<(), BtfError>,
+    /// Maps preallocated on this kernel: probe, note.
+    preallocated: Vec<(&'static str, String)>,
 }
 
 /// The loaded object, aya's parsed BTF, and what else the BTF told.
@@ -330,7 +335,14 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         .map_max_entries("CPU_TIMELINE", timelines);
     tcp::size_maps(&mut loader, config);
     blockio::size_maps(&mut loader, config, io_owner);
-    let ebpf = loader.load(EBPF_OBJECT)?;
+    let (ebpf, preallocated) = if prealloc::kernel_allocates_safely(&ours) {
+        (loader.load(EBPF_OBJECT)?, Vec::new())
+    } else {
+        let (object, names) = prealloc::preallocate(EBPF_OBJECT)?;
+        let ebpf = loader.load(&object)?;
+        let notes = preallocation_notes(&ebpf, &names);
+        (ebpf, notes)
+    };
     let facts = KernelFacts {
         blockio: blockio.map(drop),
         switch_state: switch_state_field(&ours)?,
@@ -339,8 +351,38 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
             .unwrap_or(false),
         tcp: tcp.map(drop),
         group_offsets: group.map(drop),
+        preallocated,
     };
     Ok((ebpf, btf, facts))
+}
+
+/// For each preallocated map of a probe: its probe and what it holds.
+fn preallocation_notes(ebpf: &Ebpf, names: &[String]) -> Vec<(&'static str, String)> {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
+    names
+        .iter()
+        .filter_map(|name| {
+            let probe = [runq::NAME, blockio::NAME, tcp::NAME]
+                .into_iter()
+                .find(|p| name.to_ascii_lowercase().starts_with(p))?;
+            let (info, per_cpu) = match ebpf.map(name)? {
+                aya::maps::Map::HashMap(d) => (d.info().ok()?, false),
+                aya::maps::Map::PerCpuHashMap(d) => (d.info().ok()?, true),
+                _ => return None,
+            };
+            let bytes = prealloc::preallocated_bytes(&info, per_cpu, cpus);
+            Some((
+                probe,
+                format!(
+                    "{name} preallocated for {} entries, about {:.1} MiB of kernel memory: this \
+                     kernel (before 6.1) has no BPF memory allocator, so maps that grow as they \
+                     fill are unsafe in its scheduler hooks",
+                    info.max_entries(),
+                    bytes as f64 / f64::from(1 << 20)
+                ),
+            ))
+        })
+        .collect()
 }
 
 impl Probes {
@@ -372,6 +414,7 @@ impl Probes {
                     blockio,
                     oom,
                     tcp,
+                    preallocated: facts.preallocated,
                 }
             }
             Err(e) => Self {
@@ -380,6 +423,7 @@ impl Probes {
                 oom: Err(ProbeError::Load(e.to_string())),
                 tcp: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
+                preallocated: Vec::new(),
             },
         }
     }
@@ -408,7 +452,7 @@ impl Probes {
             },
             map_entries: None,
         };
-        vec![
+        let mut status = vec![
             match &self.runq {
                 Ok(runq) => ProbeStatus {
                     name: runq::NAME,
@@ -432,6 +476,12 @@ impl Probes {
                 Ok(tcp) => tcp.status(),
                 Err(e) => failed(tcp::NAME, e),
             },
-        ]
+        ];
+        for (probe, note) in &self.preallocated {
+            if let Some(s) = status.iter_mut().find(|s| s.name == *probe && s.attached) {
+                s.notes.push(note.clone());
+            }
+        }
+        status
     }
 }
