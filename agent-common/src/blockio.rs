@@ -124,7 +124,8 @@ pub struct BlockioConfig {
     pub request_start_time_ns: u32,
     /// `request.io_start_time_ns` (u64, 0 when not kept)
     pub request_io_start_time_ns: u32,
-    /// `request_queue.disk` (`struct gendisk *`)
+    /// `request_queue.disk` (`struct gendisk *`, 5.15+); 0 where the disk is read
+    /// from `request_disk` instead
     pub queue_disk: u32,
     /// `gendisk.major` (int)
     pub disk_major: u32,
@@ -138,9 +139,15 @@ pub struct BlockioConfig {
     pub blkcg_cgroup: u32,
     /// `bio.bi_private` (`void *`; a split bio's parent, see `bio_chain`)
     pub bio_private: u32,
+    /// `request.rq_disk` (`struct gendisk *`; until 5.19), used only where the queue
+    /// has no `disk` (before 5.15); else 0
+    pub request_disk: u32,
+    /// 1 where `block_rq_issue`, `block_bio_queue` and `block_split` pass the
+    /// request queue before their own arguments (before 5.11), else 0
+    pub queue_first: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -20,6 +20,10 @@
 //! - `block_bio_queue`: `TP_PROTO(struct bio *bio)`, in the submitter's context, and
 //!   `block_split`. Only attached where the io controller is on cgroup v1, to note the
 //!   submitting task's v2 cgroup per bio ([`owner::SUBMITTER`]).
+//!
+//! Before 5.11 `block_rq_issue`, `block_bio_queue` and `block_split` pass the request
+//! queue first (`BlockioConfig::queue_first`), and before 5.15 a request's disk is its
+//! own `rq_disk`, not its queue's (`BlockioConfig::request_disk`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -54,6 +58,8 @@ static BLOCKIO_CONFIG: BlockioConfig = BlockioConfig {
     blkg_blkcg: 0,
     blkcg_cgroup: 0,
     bio_private: 0,
+    request_disk: 0,
+    queue_first: 0,
 };
 
 #[inline(always)]
@@ -126,14 +132,14 @@ pub fn blockio_complete(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn blockio_issue(ctx: BtfTracePointContext) -> i32 {
     let cfg = config();
-    let rq: *const u8 = ctx.arg(0);
+    let rq = first_arg(&ctx, &cfg);
     let queue = load::<*const u8>(rq, cfg.request_q);
     // SAFETY: the value is copied out.
     let Some(untimed_dev) = (unsafe { BLOCKIO_UNTIMED_QUEUES.get(&(queue as u64)) }).copied()
     else {
         return 0;
     };
-    let dev = disk_of(queue, &cfg);
+    let dev = disk_of(rq, queue, &cfg);
     if untimed_dev != dev || operation(rq, &cfg).is_none() {
         return 0;
     }
@@ -149,10 +155,14 @@ pub fn blockio_issue(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The whole disk of a request queue, `major << 20 | minor` (the kernel's `dev_t`).
+/// The whole disk of a request on `queue`, `major << 20 | minor` (the kernel's
+/// `dev_t`): the queue's disk (5.15+), else the request's own.
 #[inline(always)]
-fn disk_of(queue: *const u8, cfg: &BlockioConfig) -> u32 {
-    let disk = load::<*const u8>(queue, cfg.queue_disk);
+fn disk_of(rq: *const u8, queue: *const u8, cfg: &BlockioConfig) -> u32 {
+    let disk = match cfg.request_disk {
+        0 => load::<*const u8>(queue, cfg.queue_disk),
+        request_disk => load::<*const u8>(rq, request_disk),
+    };
     let major = load::<u32>(disk, cfg.disk_major);
     let minor = load::<u32>(disk, cfg.disk_first_minor);
     major << 20 | (minor & 0xf_ffff)
@@ -161,7 +171,9 @@ fn disk_of(queue: *const u8, cfg: &BlockioConfig) -> u32 {
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn blockio_bio_queue(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: helper without preconditions.
-    note_owner(ctx.arg(0), unsafe { bpf_get_current_cgroup_id() });
+    note_owner(first_arg(&ctx, &config()) as u64, unsafe {
+        bpf_get_current_cgroup_id()
+    });
     0
 }
 
@@ -170,13 +182,25 @@ pub fn blockio_split(ctx: BtfTracePointContext) -> i32 {
     // `TP_PROTO(struct bio *bio, unsigned int new_sector)`: `bio` is the new front
     // part, chained to the bio it was cut from (its `bi_private`), which was queued
     // (and noted) by the submitter; the front part is not queued again.
-    let split: *const u8 = ctx.arg(0);
-    let parent = load::<u64>(split, config().bio_private);
+    let cfg = config();
+    let split = first_arg(&ctx, &cfg);
+    let parent = load::<u64>(split, cfg.bio_private);
     // SAFETY: the value is copied out.
     if let Some(cgroup_id) = unsafe { BLOCKIO_OWNER.get(&parent) }.copied() {
         note_owner(split as u64, cgroup_id);
     }
     0
+}
+
+/// The first argument of `block_rq_issue`, `block_bio_queue` or `block_split` after
+/// the request queue they passed first before 5.11 (the verifier follows only the
+/// branch the read-only setting selects).
+#[inline(always)]
+fn first_arg(ctx: &BtfTracePointContext, cfg: &BlockioConfig) -> *const u8 {
+    match cfg.queue_first {
+        0 => ctx.arg(0),
+        _ => ctx.arg(1),
+    }
 }
 
 /// Notes `cgroup_id` as the owner of `bio`: in place where the address has an entry.
@@ -220,7 +244,7 @@ fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let queue = load::<*const u8>(rq, cfg.request_q);
     let key = IoKey {
         cgroup_id: owner_of(rq, &cfg),
-        dev: disk_of(queue, &cfg),
+        dev: disk_of(rq, queue, &cfg),
         op,
     };
     let stats = match BLOCKIO_STATS.get_ptr_mut(&key) {

@@ -390,10 +390,15 @@ fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
 
 /// Kernel modules the tests use, loaded by init if present.
 /// `tcp_diag` (with `inet_diag`): `ss` reads a socket's RTT through sock_diag.
-const MODULES: [&str; 4] = ["null_blk", "veth", "sch_netem", "tcp_diag"];
+// `loop`: a module on 5.10, built in later.
+const MODULES: [&str; 5] = ["null_blk", "veth", "sch_netem", "tcp_diag", "loop"];
 
 /// Host tools copied into the initramfs: (source, path in the VM).
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 7] = [
+    // util-linux's losetup: busybox's has no --direct-io (the loop device tests).
+    ("/usr/sbin/losetup", "/sbin/losetup"),
+    // The blockio fallback test lists the loaded programs.
+    ("/usr/sbin/bpftool", "/usr/sbin/bpftool"),
     // iproute2's ss: the tcp tests' ground truth (the kernel's smoothed RTT).
     ("/usr/bin/ss", "/usr/bin/ss"),
     ("/usr/bin/fio", "/usr/bin/fio"),

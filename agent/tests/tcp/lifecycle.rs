@@ -207,6 +207,24 @@ impl Pair {
                 .ino()
         };
         let (client_id, server_id) = (id("client"), id("server"));
+        // The children enter the namespace after fork: until the server has, its
+        // /proc/<pid>/net is the host's (seen on 5.10: a counter read then went down).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let server_ns = format!("/proc/{server}/ns/net");
+        while std::fs::metadata(&server_ns)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            })
+            .ok()
+            != Some(netns.inode())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server never entered its namespace"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Self {
             tree,
             netns,
