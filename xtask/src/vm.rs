@@ -396,9 +396,7 @@ fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
 const MODULES: [&str; 5] = ["null_blk", "veth", "sch_netem", "tcp_diag", "loop"];
 
 /// Host tools copied into the initramfs: (source, path in the VM).
-const TOOLS: [(&str, &str); 7] = [
-    // util-linux's losetup: busybox's has no --direct-io (the loop device tests).
-    ("/usr/sbin/losetup", "/sbin/losetup"),
+const TOOLS: [(&str, &str); 6] = [
     // The blockio fallback test lists the loaded programs.
     ("/usr/sbin/bpftool", "/usr/sbin/bpftool"),
     // iproute2's ss: the tcp tests' ground truth (the kernel's smoothed RTT).
