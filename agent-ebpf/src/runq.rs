@@ -9,7 +9,7 @@
 //!   before which the outgoing task's state is read from the task.
 //! - with blame (`crate::blame`, `runq_switch_blame` for `runq_switch`), also
 //!   `sched_migrate_task`: `TP_PROTO(struct task_struct *p, int dest_cpu)`.
-//!   Minimum kernel: 6.1, for non-preallocated hash maps in tracing programs.
+//!   Kernels: docs/kernels.md (before 6.1 the agent preallocates the maps).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
