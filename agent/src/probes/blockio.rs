@@ -59,6 +59,8 @@ pub fn owner_mode(cgroup_root: Option<&Path>) -> u32 {
 
 /// The programs' settings and field offsets, from the running kernel's BTF.
 pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
+    // The queue's disk since 5.15; before, each request's.
+    let queue_disk = btf.offset_of("request_queue", "disk", 8);
     Ok(BlockioConfig {
         owner,
         request_q: btf.offset_of("request", "q", 8)?,
@@ -67,8 +69,7 @@ pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
         request_bio: btf.offset_of("request", "bio", 8)?,
         request_start_time_ns: btf.offset_of("request", "start_time_ns", 8)?,
         request_io_start_time_ns: btf.offset_of("request", "io_start_time_ns", 8)?,
-        // The queue's disk since 5.15; before, each request's.
-        queue_disk: btf.offset_of("request_queue", "disk", 8).unwrap_or(0),
+        queue_disk: *queue_disk.as_ref().unwrap_or(&0),
         disk_major: btf.offset_of("gendisk", "major", 4)?,
         disk_first_minor: btf.offset_of("gendisk", "first_minor", 4)?,
         bio_blkg: btf.offset_of("bio", "bi_blkg", 8)?,
@@ -76,7 +77,7 @@ pub fn config(btf: &Btf, owner: u32) -> Result<BlockioConfig, BtfError> {
         blkcg_cgroup: btf.member("blkcg", "css")?.offset
             + btf.offset_of("cgroup_subsys_state", "cgroup", 8)?,
         bio_private: btf.offset_of("bio", "bi_private", 8)?,
-        request_disk: match btf.offset_of("request_queue", "disk", 8) {
+        request_disk: match queue_disk {
             Ok(_) => 0,
             Err(queue) => btf.offset_of("request", "rq_disk", 8).map_err(|_| queue)?,
         },

@@ -239,19 +239,10 @@ pub fn task_offsets(btf: &crate::btf::Btf) -> Result<TaskOffsets, BtfError> {
         cfs_rq_tg: 0,
         task_group_css_cgroup: 0,
         rq_cpu: 0,
-        task_state: switch_state_offset(btf)?,
+        // Set by `load` where `sched_switch` has no `prev_state`.
+        task_state: 0,
         task_on_cpu_size: btf.member("task_struct", "on_cpu")?.size,
         _pad: 0,
-    })
-}
-
-/// Where the runq switch program finds the outgoing task's state: 0 for
-/// `sched_switch`'s own `prev_state` argument (5.18+), else the offset of the task's
-/// state field (see [`TaskOffsets::task_state`]).
-fn switch_state_offset(btf: &crate::btf::Btf) -> Result<u32, BtfError> {
-    Ok(match switch_state_field(btf)? {
-        None => 0,
-        Some(field) => btf.member("task_struct", field)?.offset,
     })
 }
 
@@ -310,6 +301,10 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     let data = crate::btf::vmlinux_bytes()?;
     let ours = crate::btf::Btf::parse(&data)?;
     let mut offsets = task_offsets(&ours)?;
+    let switch_state = switch_state_field(&ours)?;
+    if let Some(field) = switch_state {
+        offsets.task_state = ours.member("task_struct", field)?.offset;
+    }
     let group = group_offsets(&ours, &mut offsets);
     // A kernel without the block layer's fields still gets the other probes: the
     // blockio programs then fail to load, with this error.
@@ -345,7 +340,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     };
     let facts = KernelFacts {
         blockio: blockio.map(drop),
-        switch_state: switch_state_field(&ours)?,
+        switch_state,
         oom_victim_is_task: ours
             .tracepoint_arg_is_pointer("mark_victim", 0)
             .unwrap_or(false),
