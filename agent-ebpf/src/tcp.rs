@@ -6,7 +6,8 @@
 //!   Any state → CLOSE also deletes what is kept here for the socket: the kernel
 //!   frees a TCP socket only in CLOSE, and the next socket allocated at its address
 //!   must not find its entries (it would lose its first RTT sample to the "sampled
-//!   less than a second ago" of the dead one).
+//!   less than a second ago" of the dead one). A socket entering SYN-SENT or
+//!   SYN-RECV clears its RTT entry as well, in case a CLOSE went unseen.
 //! - `tcp_probe(sk, skb)`: every segment received on an established socket. RTT
 //!   sample policy: one sample of `srtt` per socket per second, the first at the
 //!   socket's first segment that finds an RTT measured. Sampling every
@@ -45,6 +46,7 @@ use crate::kernel::{bump, cgroup_id, load, offsets, BPF_F_NO_PREALLOC, ROOT_CGRO
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 /// `skc_state` of an `inet_timewait_sock` (include/net/tcp_states.h).
 const TCP_TIME_WAIT: u8 = 6;
@@ -112,6 +114,14 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
         (TCP_CLOSE, TCP_SYN_SENT) => {
             // LRU: never full; the oldest stale entry makes room.
             let _ = TCP_CONNECTING.insert(&key, &now_ns(), 0);
+            // A socket starting a connection has taken no RTT sample yet, whatever
+            // a dead socket at this address left (its CLOSE not seen: freed while
+            // the probe attached, or a path that does not trace it).
+            let _ = TCP_RTT_SAMPLED.remove(&key);
+        }
+        (_, TCP_SYN_RECV) => {
+            // The same for a passive open's new socket.
+            let _ = TCP_RTT_SAMPLED.remove(&key);
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => match (started, stats(sk, &cfg)) {
             (Some(started), Some(stats)) => {

@@ -91,7 +91,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
     }
     report.probes = Probes::attach(&config.probes, v2_root.as_deref()).status();
     let degraded = report.hidden_host_tree.is_some()
-        || report.capabilities.iter().any(|c| !c.held)
+        || report.capabilities.iter().any(|c| c.needed && !c.held)
         || !report.btf
         || !report.psi
         || report.root_controllers.is_empty()
@@ -132,6 +132,11 @@ impl std::fmt::Display for CheckReport {
                 "dropped after attach"
             };
             match (c.held, c.via_sys_admin) {
+                (false, _) if !c.needed => writeln!(
+                    f,
+                    "{:<17} not held, not needed on this kernel (it would {})",
+                    c.name, c.purpose
+                )?,
                 (true, false) => writeln!(f, "{:<17} yes ({}; {after})", c.name, c.purpose)?,
                 (true, true) => writeln!(
                     f,

@@ -126,8 +126,12 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
             "{probe}"
         );
     }
+    // Every capability this kernel needs is held (CAP_SYS_RESOURCE is needed only
+    // before 5.11; a sandbox may hold it back from the test's own bounding set).
     for capability in report["capabilities"].as_array().expect("capabilities") {
-        assert_eq!(capability["held"], true, "{capability}");
+        if capability["needed"] == true {
+            assert_eq!(capability["held"], true, "{capability}");
+        }
     }
 
     let mut tree = TestTree::create("deploy");
@@ -135,7 +139,7 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
     let (pod, container) = pod_of_another_user(&mut tree, &netns);
     let addr = format!("127.0.0.1:{}", common::free_port());
     let log = std::env::temp_dir().join(format!("cgscope-deploy-{}.log", std::process::id()));
-    let agent = Peer(
+    let mut agent = Peer(
         as_daemonset(&caps)
             .args(["run", "--interval", "1s", "--listen", &addr])
             .env("RUST_LOG", "info")
@@ -144,18 +148,26 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
             .spawn()
             .expect("start cgscope under setpriv"),
     );
+    // Ready once the probes are loaded, which takes the verifier tens of seconds
+    // in a TCG guest: waited for while the agent runs (two minutes at most).
     let started = Instant::now();
     while http_get(&addr, "/readyz").map(|r| r.0).unwrap_or(0) != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "not ready in 20 s"
-        );
+        let exited = agent.0.try_wait().expect("agent status");
+        if exited.is_some() || started.elapsed() > Duration::from_secs(120) {
+            panic!(
+                "not ready after {:.0?} (exit {exited:?}); log:\n{}",
+                started.elapsed(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // After attach: every thread holds CAP_SYS_PTRACE only, in both sets (bit 19 of
-    // linux/capability.h, not what cgscope's own table says it keeps).
-    let kept: u64 = 1 << 19;
+    // linux/capability.h, not what cgscope's own table says it keeps), and CAP_BPF
+    // (bit 39) where the kernel refuses map reads without it.
+    let keeps_bpf = map_reads_need_cap_bpf();
+    let kept: u64 = (1 << 19) | if keeps_bpf { 1 << 39 } else { 0 };
     let threads = thread_capabilities(agent.0.id());
     assert!(threads.len() >= 3, "{threads:?}");
     for (name, effective, permitted) in &threads {
@@ -168,7 +180,8 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
 
     // The maps are still read (runq) and the other user's netns is still found.
     let (mut runq, mut netns_seen) = (0, None);
-    while started.elapsed() < Duration::from_secs(30) && (runq == 0 || netns_seen.is_none()) {
+    let ready = Instant::now();
+    while ready.elapsed() < Duration::from_secs(30) && (runq == 0 || netns_seen.is_none()) {
         std::thread::sleep(Duration::from_millis(1100));
         let (_, body) = http_get(&addr, "/api/v1/snapshot").expect("snapshot");
         let snapshot: Value = serde_json::from_str(&body).expect("snapshot JSON");
@@ -178,18 +191,105 @@ fn with_the_daemonset_capabilities_every_probe_attaches_and_only_ptrace_is_kept(
         netns_seen = find(&snapshot, &pod)["network"]["netns"].as_u64();
     }
     eprintln!("container runq events in a window: {runq}; pod netns {netns_seen:?}");
-    assert!(
-        runq > 0,
-        "no run-queue events after the capabilities were dropped"
-    );
-    assert_eq!(netns_seen, Some(netns.inode()));
     drop(agent);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     assert!(
-        log_text.contains("dropped CAP_BPF CAP_PERFMON"),
-        "{log_text}"
+        runq > 0,
+        "no run-queue events after the capabilities were dropped; agent log:\n{log_text}"
     );
+    assert_eq!(netns_seen, Some(netns.inode()));
+    // What was dropped, as logged (CAP_SYS_RESOURCE where the test could grant it).
+    let dropped: Vec<&str> = log_text
+        .lines()
+        .find_map(|l| l.split_once("probes attached; dropped ").map(|(_, d)| d))
+        .unwrap_or_else(|| panic!("no drop logged: {log_text}"))
+        .split_whitespace()
+        .collect();
+    assert!(dropped.contains(&"CAP_PERFMON"), "{dropped:?}");
+    assert_eq!(dropped.contains(&"CAP_BPF"), !keeps_bpf, "{dropped:?}");
+    assert!(!dropped.contains(&"CAP_SYS_PTRACE"), "{dropped:?}");
+    assert_eq!(log_text.contains("kept CAP_BPF"), keeps_bpf, "{log_text}");
+}
+
+/// The kernel's release as (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release.split(['.', '-']).map(|p| p.trim().parse::<u32>());
+    let (major, minor) = (numbers.next(), numbers.next());
+    (major.unwrap().unwrap(), minor.unwrap().unwrap())
+}
+
+/// Before 5.19, `kernel.unprivileged_bpf_disabled` refused every bpf() command to a
+/// caller without CAP_BPF, not only loading programs and creating maps.
+fn map_reads_need_cap_bpf() -> bool {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(false);
+    kernel_version() < (5, 19) && disabled
+}
+
+/// Whether the running kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11).
+fn kernel_charges_memlock() -> bool {
+    kernel_version() < (5, 11)
+}
+
+/// Before 5.11 a map's memory counts against RLIMIT_MEMLOCK. With the DaemonSet's
+/// capabilities but CAP_SYS_RESOURCE, and the 64 KiB limit systemd before v253 gives a
+/// container runtime, the maps cannot be created: `check` names the limit and what
+/// to grant, and says CAP_SYS_RESOURCE is missing; with it, every probe attaches
+/// under that same limit (the test above, whose limit is the VM's 64 KiB).
+#[test]
+fn before_5_11_the_memlock_limit_is_raised_or_named() {
+    require_root_and_cgroup_v2!();
+    require_network_namespaces!();
+    if !kernel_charges_memlock() {
+        eprintln!(
+            "skipped: this kernel (5.11+) charges BPF maps to the memory cgroup, not RLIMIT_MEMLOCK"
+        );
+        return;
+    }
+    let caps: Vec<String> = daemonset_capabilities()
+        .into_iter()
+        .filter(|c| c != "CAP_SYS_RESOURCE")
+        .collect();
+    let limit = libc::rlimit {
+        rlim_cur: 64 << 10,
+        rlim_max: 64 << 10,
+    };
+    let mut check = as_daemonset(&caps);
+    check.args(["check", "--format", "json"]);
+    // SAFETY: setrlimit is async-signal-safe; only the child's limit changes.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut check, move || {
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = check.output().expect("setpriv");
+    assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
+    let report = check_report(&out);
+    let resource = report["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .find(|c| c["name"] == "CAP_SYS_RESOURCE")
+        .expect("CAP_SYS_RESOURCE listed");
+    assert_eq!(
+        (&resource["held"], &resource["needed"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{resource}"
+    );
+    for probe in report["probes"].as_array().expect("probes") {
+        let error = probe["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("RLIMIT_MEMLOCK, 64 KiB") && error.contains("CAP_SYS_RESOURCE"),
+            "{probe}"
+        );
+    }
 }
 
 #[test]

@@ -131,9 +131,14 @@ fn memory_max_kills_a_memory_hog() {
         "oom_kill {:?}",
         events.oom_kill
     );
-    assert!(memory
-        .peak_bytes
-        .is_some_and(|p| (LIMIT * 9 / 10..=LIMIT).contains(&p)));
+    // memory.peak is 5.19+: absent before, and then null, never a made-up 0.
+    if cg.dir.join("memory.peak").exists() {
+        assert!(memory
+            .peak_bytes
+            .is_some_and(|p| (LIMIT * 9 / 10..=LIMIT).contains(&p)));
+    } else {
+        assert_eq!(memory.peak_bytes, None, "no memory.peak on this kernel");
+    }
 
     // The oom probe saw the same kill, with its victim.
     let kills = memory.oom_kills.as_ref().expect("oom probe attached");

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{FEntry, FExit},
     Ebpf,
 };
@@ -57,12 +57,8 @@ impl Blame {
 
     /// Reads every (waiter, culprit) pair's cumulative nanoseconds into `out`
     /// (cleared first).
-    pub fn read(&self, out: &mut HashMap<BlameKey, u64>) {
-        out.clear();
-        // An entry removed while iterating is skipped, not an error.
-        for (key, ns) in self.pairs.iter().flatten() {
-            out.insert(key, ns);
-        }
+    pub fn read(&self, out: &mut HashMap<BlameKey, u64>) -> Result<(), MapError> {
+        super::read_map(self.pairs.iter(), out, |ns| ns)
     }
 
     /// Deletes the pairs whose waiter or culprit is a removed cgroup (`dead`, as

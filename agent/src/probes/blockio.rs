@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     Ebpf, EbpfLoader,
 };
 use cgscope_common::blockio::{dev_parts, event, owner, BlockioConfig, IoKey, IoStats};
@@ -201,18 +201,13 @@ impl Blockio {
 
     /// Reads the cumulative counters of every (cgroup, disk, operation) into `out`
     /// (cleared first).
-    pub fn read(&self, out: &mut HashMap<IoKey, IoTotals>) {
-        out.clear();
-        // An entry removed while iterating is skipped, not an error.
-        for (key, v) in self.stats.iter().flatten() {
-            let totals = IoTotals {
-                ios: v.ios,
-                bytes: v.bytes,
-                queue: LatencyTotals::from_cpus([&v.queue]),
-                device: LatencyTotals::from_cpus([&v.device]),
-            };
-            out.insert(key, totals);
-        }
+    pub fn read(&self, out: &mut HashMap<IoKey, IoTotals>) -> Result<(), MapError> {
+        super::read_map(self.stats.iter(), out, |v| IoTotals {
+            ios: v.ios,
+            bytes: v.bytes,
+            queue: LatencyTotals::from_cpus([&v.queue]),
+            device: LatencyTotals::from_cpus([&v.device]),
+        })
     }
 
     /// Deletes the entries of removed cgroups (`keys` from a `read` whose cgroup is

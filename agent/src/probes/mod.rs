@@ -4,6 +4,7 @@
 
 pub mod blame;
 pub mod blockio;
+mod memlock;
 pub mod oom;
 mod prealloc;
 pub mod runq;
@@ -102,6 +103,26 @@ impl ProbeConfig {
     }
 }
 
+/// Every entry of a map, each value converted by `f`, into `out` (cleared first).
+/// aya skips an entry removed while iterating (not an error); any other error ends
+/// the read, and the caller reports the probe's numbers as missing for the window,
+/// never as the zeros an empty read would look like.
+pub(crate) fn read_map<K, V, T>(
+    entries: impl Iterator<Item = Result<(K, V), aya::maps::MapError>>,
+    out: &mut std::collections::HashMap<K, T>,
+    f: impl Fn(V) -> T,
+) -> Result<(), aya::maps::MapError>
+where
+    K: Eq + std::hash::Hash,
+{
+    out.clear();
+    for entry in entries {
+        let (key, value) = entry?;
+        out.insert(key, f(value));
+    }
+    Ok(())
+}
+
 /// Every probe, attached or with the reason it is not.
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
@@ -110,8 +131,9 @@ pub struct Probes {
     pub blockio: Result<blockio::Blockio, ProbeError>,
     pub oom: Result<oom::Oom, ProbeError>,
     pub tcp: Result<tcp::Tcp, ProbeError>,
-    /// Maps preallocated on this kernel (see [`prealloc`]): probe, note.
-    preallocated: Vec<(&'static str, String)>,
+    /// What the maps cost on this kernel and where it is charged (see
+    /// [`prealloc`], [`memlock`]): probe, note.
+    memory_notes: Vec<(&'static str, String)>,
 }
 
 /// Loads the fentry or fexit program (`$kind`: `FEntry`, `FExit`) named by
@@ -285,8 +307,8 @@ struct KernelFacts {
     /// Whether the `cfs_rq`/`task_group` fields of blame's throttle programs were
     /// found (else why not).
     group_offsets: Result<(), BtfError>,
-    /// Maps preallocated on this kernel: probe, note.
-    preallocated: Vec<(&'static str, String)>,
+    /// What the maps cost on this kernel and where it is charged: probe, note.
+    memory_notes: Vec<(&'static str, String)>,
 }
 
 /// The loaded object, aya's parsed BTF, and what else the BTF told.
@@ -330,14 +352,25 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         .map_max_entries("CPU_TIMELINE", timelines);
     tcp::size_maps(&mut loader, config);
     blockio::size_maps(&mut loader, config, io_owner);
-    let (ebpf, preallocated) = if prealloc::kernel_allocates_safely(&ours) {
-        (loader.load(EBPF_OBJECT)?, Vec::new())
+    // Where the kernel charges the maps to RLIMIT_MEMLOCK: raised first, as far
+    // as this process may (the limit then in force, None: unlimited).
+    let memlock = memlock::kernel_charges_memlock(&ours).then(memlock::raise);
+    let limit = memlock.flatten();
+    let (object, preallocated) = if prealloc::kernel_allocates_safely(&ours) {
+        (std::borrow::Cow::Borrowed(EBPF_OBJECT), Vec::new())
     } else {
         let (object, names) = prealloc::preallocate(EBPF_OBJECT)?;
-        let ebpf = loader.load(&object)?;
-        let notes = preallocation_notes(&ebpf, &names);
-        (ebpf, notes)
+        (std::borrow::Cow::Owned(object), names)
     };
+    let ebpf = loader
+        .load(&object)
+        .map_err(|e| memlock::explain(e, limit))?;
+    let mut memory_notes = preallocation_notes(&ebpf, &preallocated);
+    if memlock.is_some() {
+        for probe in [runq::NAME, blockio::NAME, oom::NAME, tcp::NAME] {
+            memory_notes.push((probe, memlock::note(limit)));
+        }
+    }
     let facts = KernelFacts {
         blockio: blockio.map(drop),
         switch_state,
@@ -346,7 +379,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
             .unwrap_or(false),
         tcp: tcp.map(drop),
         group_offsets: group.map(drop),
-        preallocated,
+        memory_notes,
     };
     Ok((ebpf, btf, facts))
 }
@@ -409,7 +442,7 @@ impl Probes {
                     blockio,
                     oom,
                     tcp,
-                    preallocated: facts.preallocated,
+                    memory_notes: facts.memory_notes,
                 }
             }
             Err(e) => Self {
@@ -418,7 +451,7 @@ impl Probes {
                 oom: Err(ProbeError::Load(e.to_string())),
                 tcp: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
-                preallocated: Vec::new(),
+                memory_notes: Vec::new(),
             },
         }
     }
@@ -472,7 +505,7 @@ impl Probes {
                 Err(e) => failed(tcp::NAME, e),
             },
         ];
-        for (probe, note) in &self.preallocated {
+        for (probe, note) in &self.memory_notes {
             if let Some(s) = status.iter_mut().find(|s| s.name == *probe && s.attached) {
                 s.notes.push(note.clone());
             }

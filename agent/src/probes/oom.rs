@@ -2,7 +2,7 @@
 //! `agent-ebpf/src/oom.rs`). Requires fentry (BPF trampolines) and BTF.
 
 use aya::{
-    maps::{MapData, PerCpuArray, Queue},
+    maps::{MapData, MapError, PerCpuArray, Queue},
     programs::FEntry,
     Ebpf,
 };
@@ -95,10 +95,16 @@ impl Oom {
     }
 
     /// Takes the kills queued since the last call, oldest first, into `out`.
-    pub fn read(&mut self, out: &mut Vec<OomKill>) {
+    /// The kills queued since the last read into `out` (cleared first); an error
+    /// other than the queue's end is returned, not taken for "no kills".
+    pub fn read(&mut self, out: &mut Vec<OomKill>) -> Result<(), MapError> {
         out.clear();
-        while let Ok(victim) = self.victims.pop(0) {
-            out.push(OomKill::from(&victim));
+        loop {
+            match self.victims.pop(0) {
+                Ok(victim) => out.push(OomKill::from(&victim)),
+                Err(MapError::ElementNotFound) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
 use cgscope_common::{histogram::Histogram, runq::drop};
@@ -100,12 +100,10 @@ impl Runq {
     }
 
     /// Reads the cumulative histogram of every cgroup into `out` (cleared first).
-    pub fn read(&self, out: &mut HashMap<u64, LatencyTotals>) {
-        out.clear();
-        // An entry removed while iterating is skipped, not an error.
-        for (id, cpus) in self.hist.iter().flatten() {
-            out.insert(id, LatencyTotals::from_cpus(cpus.iter()));
-        }
+    pub fn read(&self, out: &mut HashMap<u64, LatencyTotals>) -> Result<(), MapError> {
+        super::read_map(self.hist.iter(), out, |cpus| {
+            LatencyTotals::from_cpus(cpus.iter())
+        })
     }
 
     /// Deletes the histograms of removed cgroups, so that their entries do not live

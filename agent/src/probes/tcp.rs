@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     Ebpf, EbpfLoader,
 };
 pub use cgscope_common::tcp::TcpKey;
@@ -105,11 +105,8 @@ impl Tcp {
 
     /// Reads the cumulative counters of every (cgroup, netns) into `out` (cleared
     /// first).
-    pub fn read(&self, out: &mut HashMap<TcpKey, TcpTotals>) {
-        out.clear();
-        for (key, v) in self.stats.iter().flatten() {
-            out.insert(key, TcpTotals::from(&v));
-        }
+    pub fn read(&self, out: &mut HashMap<TcpKey, TcpTotals>) -> Result<(), MapError> {
+        super::read_map(self.stats.iter(), out, |v| TcpTotals::from(&v))
     }
 
     /// Deletes the entries of removed cgroups.

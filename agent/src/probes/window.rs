@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use aya::maps::MapError;
+
 use cgscope_common::{blame::BlameKey, blockio::IoKey};
 
 use super::{
@@ -189,6 +191,11 @@ impl ProbeWindow {
 pub struct ProbeReader {
     now: Reading,
     previous: Reading,
+    /// Probes whose maps could not be read at the end of this window, and why.
+    failed: Vec<(&'static str, String)>,
+    /// Those that failed at the end of the previous window: this reading of theirs
+    /// has no baseline to be a window of.
+    failed_before: Vec<&'static str>,
 }
 
 /// Groups map keys by the cgroup they belong to.
@@ -207,28 +214,48 @@ impl ProbeReader {
     pub fn read(&mut self, probes: &mut Probes) {
         std::mem::swap(&mut self.now, &mut self.previous);
         self.now.clear();
-        if let Ok(runq) = &probes.runq {
-            runq.read(&mut self.now.runq);
-            if let Some(blame) = runq.blame() {
-                blame.read(&mut self.now.blame);
-                index_by_cgroup(
-                    self.now.blame.keys(),
-                    |k| k.victim,
-                    &mut self.now.blame_keys,
-                );
+        self.failed_before = self.failed.drain(..).map(|(name, _)| name).collect();
+        let (now, failed) = (&mut self.now, &mut self.failed);
+        let mut check = |name: &'static str, read: Result<(), MapError>| {
+            if let Err(e) = read {
+                failed.push((name, format!("its maps could not be read this window: {e}")));
             }
+        };
+        if let Ok(runq) = &probes.runq {
+            let read = runq.read(&mut now.runq).and_then(|()| {
+                runq.blame()
+                    .map_or(Ok(()), |blame| blame.read(&mut now.blame))
+            });
+            check(super::runq::NAME, read);
+            index_by_cgroup(now.blame.keys(), |k| k.victim, &mut now.blame_keys);
         }
         if let Ok(blockio) = &probes.blockio {
-            blockio.read(&mut self.now.io);
-            index_by_cgroup(self.now.io.keys(), |k| k.cgroup_id, &mut self.now.io_keys);
+            check(super::blockio::NAME, blockio.read(&mut now.io));
+            index_by_cgroup(now.io.keys(), |k| k.cgroup_id, &mut now.io_keys);
         }
         if let Ok(oom) = &mut probes.oom {
-            oom.read(&mut self.now.oom);
+            check(super::oom::NAME, oom.read(&mut now.oom));
         }
         if let Ok(tcp) = &probes.tcp {
-            tcp.read(&mut self.now.tcp);
-            index_by_cgroup(self.now.tcp.keys(), |k| k.cgroup_id, &mut self.now.tcp_keys);
+            check(super::tcp::NAME, tcp.read(&mut now.tcp));
+            index_by_cgroup(now.tcp.keys(), |k| k.cgroup_id, &mut now.tcp_keys);
         }
+        for (name, error) in &self.failed {
+            log::warn!(
+                "probe {name}: {error}; its numbers are null until two reads in a row succeed"
+            );
+        }
+    }
+
+    /// Whether `probe`'s numbers are missing this window: its maps could not be read
+    /// now, or at the end of the previous window (nothing to subtract from).
+    pub fn missing(&self, probe: &str) -> bool {
+        self.failed.iter().any(|(name, _)| *name == probe) || self.failed_before.contains(&probe)
+    }
+
+    /// The probes whose maps could not be read this window, and why.
+    pub fn failures(&self) -> &[(&'static str, String)] {
+        &self.failed
     }
 
     /// Entries of each probe's per-cgroup map as last read, by probe name.

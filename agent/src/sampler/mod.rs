@@ -30,6 +30,7 @@ use crate::{
     metadata::{Metadata, MetadataConfig},
     net::{NetnsReader, NetworkSample},
     probes::{
+        self,
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
@@ -160,6 +161,12 @@ impl Sampler {
                 Ok(dropped) if dropped.is_empty() => {}
                 Ok(dropped) => log::info!("probes attached; dropped {}", dropped.join(" ")),
                 Err(e) => log::warn!("cannot drop capabilities after attaching: {e}"),
+            }
+            if crate::privilege::map_reads_need_cap_bpf() {
+                log::info!(
+                    "kept CAP_BPF: this kernel refuses every bpf() call, reading the maps too, \
+                     without it (before 5.19, with kernel.unprivileged_bpf_disabled set)"
+                );
             }
         }
         let mut sampler = Self {
@@ -407,6 +414,7 @@ impl Sampler {
             }
             probe_results(
                 &self.probes,
+                &self.kernel,
                 &mut self.devices,
                 &mut sample,
                 last.as_deref(),
@@ -441,6 +449,7 @@ impl Sampler {
             if let Some(&s) = sample.as_ref() {
                 probe_results(
                     &self.probes,
+                    &self.kernel,
                     &mut self.devices,
                     &mut cgroups[s],
                     window.as_deref(),
@@ -448,7 +457,9 @@ impl Sampler {
                 );
             }
         }
-        if self.probes.runq.as_ref().is_ok_and(|r| r.blame().is_some()) {
+        if self.probes.runq.as_ref().is_ok_and(|r| r.blame().is_some())
+            && !self.kernel.missing(probes::runq::NAME)
+        {
             blame::attribute(&self.dirs, &windows, &sample_of, &mut cgroups);
         }
         // Walk order (parents before children), removed and unlisted cgroups last.
@@ -504,6 +515,11 @@ impl Sampler {
         self.previous = next;
         self.previous_at = now;
         let mut probes = self.probes.status();
+        for (name, error) in self.kernel.failures() {
+            if let Some(p) = probes.iter_mut().find(|p| p.name == *name) {
+                p.error = Some(error.clone());
+            }
+        }
         for (name, entries) in self.kernel.map_entries() {
             if let Some(p) = probes.iter_mut().find(|p| p.name == name && p.attached) {
                 p.map_entries = Some(entries);
@@ -528,24 +544,27 @@ impl Sampler {
 /// recorded nothing for it).
 fn probe_results(
     probes: &Probes,
+    reader: &ProbeReader,
     devices: &mut DeviceNames,
     sample: &mut CgroupSample,
     window: Option<&ProbeWindow>,
     seconds: f64,
 ) {
-    if probes.runq.is_ok() {
+    // A probe whose maps could not be read gives null, not the zeros of no entry.
+    let measured = |attached: bool, name: &str| attached && !reader.missing(name);
+    if measured(probes.runq.is_ok(), probes::runq::NAME) {
         sample.cpu.runq_latency =
             Some(window.map_or_else(LatencySummary::empty, |w| LatencySummary::from(&w.runq)));
     }
-    if probes.blockio.is_ok() {
+    if measured(probes.blockio.is_ok(), probes::blockio::NAME) {
         let io = window.map_or(&[][..], |w| &w.io);
         window::block_io(&mut sample.io, io, seconds, devices);
     }
-    if probes.tcp.is_ok() {
+    if measured(probes.tcp.is_ok(), probes::tcp::NAME) {
         let network = sample.network.get_or_insert_with(NetworkSample::default);
         window::tcp(network, window.map(|w| &w.tcp));
     }
-    if probes.oom.is_ok() {
+    if measured(probes.oom.is_ok(), probes::oom::NAME) {
         // Also where the memory controller is not enabled (hybrid host): then the
         // memory object holds only this.
         let memory = sample.memory.get_or_insert_with(MemorySample::default);

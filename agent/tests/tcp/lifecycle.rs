@@ -158,7 +158,7 @@ fn syn_recv_client() -> ! {
 fn entries(sampler: &Sampler, netns: u64) -> HashMap<u64, TcpTotals> {
     let tcp = sampler.probes().tcp.as_ref().expect("tcp probe");
     let mut all: HashMap<TcpKey, TcpTotals> = HashMap::new();
-    tcp.read(&mut all);
+    tcp.read(&mut all).expect("read the tcp maps");
     all.into_iter()
         .filter(|(key, _)| u64::from(key.netns) == netns)
         .map(|(key, totals)| (key.cgroup_id, totals))
