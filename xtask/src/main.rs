@@ -6,6 +6,7 @@ mod cmd;
 #[cfg(test)]
 mod containerfile;
 mod fuzz;
+mod kernels;
 mod lab;
 mod node;
 mod report;

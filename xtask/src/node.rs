@@ -21,7 +21,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    cmd,
+    cmd, kernels,
     report::{self, EnvReport},
     setup,
     vm::{self, TestBinary},
@@ -99,11 +99,11 @@ pub fn report(timeout: Duration) -> anyhow::Result<EnvReport> {
     setup::run()?;
     let cache = cmd::workspace_root().join(".cache/vm");
     fs::create_dir_all(&cache)?;
-    let kernel = vm::KERNELS
+    let kernel = kernels::KERNELS
         .iter()
         .find(|k| k.name == KERNEL)
         .context("the node's kernel is in the VM matrix")?;
-    let vmlinuz = vm::fetch_kernel(kernel, &cache)?;
+    let vmlinuz = kernels::fetch_kernel(kernel, &cache)?;
     let kernel_root = cache.join(kernel.name).join("root");
 
     let started = Instant::now();

@@ -10,10 +10,12 @@ use std::{
 
 mod blame;
 mod network;
+mod results;
 mod scan;
 
 use self::{
     network::assign_network,
+    results::probe_results,
     scan::{second_look, ScanErrors},
 };
 use crate::{
@@ -25,18 +27,15 @@ use crate::{
         stats::{CgroupStats, StatsRead, StatsReader},
         tree::CgroupDir,
     },
-    histogram::LatencySummary,
     host::{HostReader, HostSample},
     metadata::{Metadata, MetadataConfig},
-    net::{NetnsReader, NetworkSample},
+    net::NetnsReader,
     probes::{
         self,
         window::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
-    sample::{
-        Bounds, CgroupSample, ContainerSample, Host, MemorySample, Snapshot, Unreadable, SCHEMA,
-    },
+    sample::{Bounds, CgroupSample, ContainerSample, Host, Snapshot, Unreadable, SCHEMA},
     window,
 };
 
@@ -537,38 +536,6 @@ impl Sampler {
             scan_errors: scan.by_reason,
             cgroups,
         }
-    }
-}
-
-/// Puts what the attached probes measured into a cgroup's sample (`None`: they
-/// recorded nothing for it).
-fn probe_results(
-    probes: &Probes,
-    reader: &ProbeReader,
-    devices: &mut DeviceNames,
-    sample: &mut CgroupSample,
-    window: Option<&ProbeWindow>,
-    seconds: f64,
-) {
-    // A probe whose maps could not be read gives null, not the zeros of no entry.
-    let measured = |attached: bool, name: &str| attached && !reader.missing(name);
-    if measured(probes.runq.is_ok(), probes::runq::NAME) {
-        sample.cpu.runq_latency =
-            Some(window.map_or_else(LatencySummary::empty, |w| LatencySummary::from(&w.runq)));
-    }
-    if measured(probes.blockio.is_ok(), probes::blockio::NAME) {
-        let io = window.map_or(&[][..], |w| &w.io);
-        window::block_io(&mut sample.io, io, seconds, devices);
-    }
-    if measured(probes.tcp.is_ok(), probes::tcp::NAME) {
-        let network = sample.network.get_or_insert_with(NetworkSample::default);
-        window::tcp(network, window.map(|w| &w.tcp));
-    }
-    if measured(probes.oom.is_ok(), probes::oom::NAME) {
-        // Also where the memory controller is not enabled (hybrid host): then the
-        // memory object holds only this.
-        let memory = sample.memory.get_or_insert_with(MemorySample::default);
-        memory.oom_kills = Some(window::oom_kills(window.map_or(&[][..], |w| &w.oom)));
     }
 }
 
