@@ -64,8 +64,9 @@ const TIMEOUT_SECONDS: u64 = 1800;
 pub struct VmArgs {
     #[arg(long, value_enum, default_value_t = KernelChoice::All)]
     kernel: KernelChoice,
-    /// Give up on a VM after this many seconds (a whole run took 1,000-1,100 s
-    /// under TCG on a 2-core host in November 2026).
+    /// Give up on a VM after this many seconds (a whole run took 590-1,040 s under
+    /// TCG on a 2-core host, two VMs at a time, in November 2026: 5.10 fastest, 7.2
+    /// slowest).
     #[arg(long, default_value_t = TIMEOUT_SECONDS)]
     timeout: u64,
     /// Only these test binaries (by name: `blame,runq`); all by default.
