@@ -79,6 +79,16 @@ fn tick() -> ! {
     }
 }
 
+/// The entry of `check`'s report for capability `name` (`CAP_PERFMON`).
+fn capability<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed"))
+}
+
 fn find<'a>(snapshot: &'a Value, path: &str) -> &'a Value {
     snapshot["cgroups"]
         .as_array()
@@ -272,12 +282,7 @@ fn before_5_11_the_memlock_limit_is_raised_or_named() {
     let out = check.output().expect("setpriv");
     assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
     let report = check_report(&out);
-    let resource = report["capabilities"]
-        .as_array()
-        .expect("capabilities")
-        .iter()
-        .find(|c| c["name"] == "CAP_SYS_RESOURCE")
-        .expect("CAP_SYS_RESOURCE listed");
+    let resource = capability(&report, "CAP_SYS_RESOURCE");
     assert_eq!(
         (&resource["held"], &resource["needed"]),
         (&Value::Bool(false), &Value::Bool(true)),
@@ -306,12 +311,7 @@ fn a_missing_capability_is_named_with_what_it_breaks() {
         .expect("setpriv");
     assert_eq!(out.status.code(), Some(1), "degraded, not fatal");
     let report = check_report(&out);
-    let perfmon = report["capabilities"]
-        .as_array()
-        .expect("capabilities")
-        .iter()
-        .find(|c| c["name"] == "CAP_PERFMON")
-        .expect("CAP_PERFMON listed");
+    let perfmon = capability(&report, "CAP_PERFMON");
     assert_eq!(perfmon["held"], false);
     assert!(
         perfmon["without"].as_str().unwrap().contains("runq"),
