@@ -1,10 +1,17 @@
 //! Run-queue latency: what the `runq` programs keep in the kernel.
 
-/// Capacity of `RUNQ_START`: tasks that are runnable but not yet running, system-wide.
-/// Bounded by the number of runnable tasks, which is far below this on any node. An
-/// entry is removed when its task runs; a wakeup of a task that is on a CPU stores
-/// nothing, so no entry waits for a switch-in that never comes.
-pub const MAX_QUEUED_TASKS: u32 = 16_384;
+/// Default capacity of `RUNQ_START`: one entry per live task that has waited for a
+/// CPU since the probe attached (an entry goes when its task is freed). The agent
+/// sizes it to the node at load ([`start_capacity`]); a task that finds it full is
+/// not measured and counted as `START_FULL`.
+pub const MAX_QUEUED_TASKS: u32 = 32_768;
+
+/// `RUNQ_START`'s capacity for a node running `tasks` tasks now: four times that
+/// (tasks come and go), at least [`MAX_QUEUED_TASKS`], at most 2^20 (about 90 MiB
+/// of kernel memory, preallocated).
+pub fn start_capacity(tasks: u32) -> u32 {
+    tasks.saturating_mul(4).clamp(MAX_QUEUED_TASKS, 1 << 20)
+}
 
 /// Default capacity of `RUNQ_HIST`, one entry per cgroup that ran a task. The agent
 /// overrides it from its configuration and deletes the entries of removed cgroups.
@@ -23,7 +30,8 @@ pub mod drop {
 }
 
 /// When a task became runnable, and the cgroup it waits in. Value of `RUNQ_START`,
-/// keyed by thread id (`u32`).
+/// keyed by the task's `task_struct` address (`u64`); `since_ns` is 0 while the
+/// task is not waiting.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct QueuedTask {
@@ -99,4 +107,17 @@ mod pod {
 
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::histogram::Histogram {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_capacity_is_four_times_the_tasks_within_its_bounds() {
+        assert_eq!(start_capacity(0), MAX_QUEUED_TASKS);
+        assert_eq!(start_capacity(300), MAX_QUEUED_TASKS);
+        assert_eq!(start_capacity(10_000), 40_000);
+        assert_eq!(start_capacity(u32::MAX), 1 << 20);
+    }
 }

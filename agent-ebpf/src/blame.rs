@@ -47,9 +47,13 @@ static BLAME_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::SLOTS
 /// `task_struct.flags` bit of kernel threads.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// What a task on a CPU counts as: idle, a kernel thread, or its cgroup.
+/// What a task on a CPU counts as: idle, a kernel thread, or its cgroup. `known`:
+/// its cgroup id as the caller read it when the task's wait began (the switch, from
+/// the wait's entry), which spares the walk through `css_set`, `cgroup` and
+/// `kernfs_node`; a task moved to another cgroup while it waited then counts in the
+/// old one until it next waits, as that wait itself does.
 #[inline(always)]
-pub fn occupant(task: *const u8, pid: u32) -> u64 {
+pub fn occupant(task: *const u8, pid: u32, known: Option<u64>) -> u64 {
     let off = offsets();
     if pid == 0 {
         return culprit::IDLE;
@@ -57,7 +61,10 @@ pub fn occupant(task: *const u8, pid: u32) -> u64 {
     if load::<u32>(task, off.task_flags) & PF_KTHREAD != 0 {
         return culprit::KERNEL;
     }
-    cgroup_id(task_cgroup(task, &off), &off).unwrap_or(ROOT_CGROUP_ID)
+    match known {
+        Some(id) => id,
+        None => cgroup_id(task_cgroup(task, &off), &off).unwrap_or(ROOT_CGROUP_ID),
+    }
 }
 
 /// `occupant` runs on `cpu` from `now`. A switch between two tasks of the same

@@ -7,13 +7,19 @@
 //! - `sched_switch`: `TP_PROTO(bool preempt, struct task_struct *prev,
 //!   struct task_struct *next, unsigned int prev_state)`; `prev_state` since 5.18,
 //!   before which the outgoing task's state is read from the task.
+//! - `sched_process_free`: `TP_PROTO(struct task_struct *p)`, the task is gone.
 //! - with blame (`crate::blame`, `runq_switch_blame` for `runq_switch`), also
 //!   `sched_migrate_task`: `TP_PROTO(struct task_struct *p, int dest_cpu)`.
 //!   Kernels: docs/kernels.md (before 6.1 the agent preallocates the maps).
+//!
+//! Each task that has waited keeps its `RUNQ_START` entry until it is freed: a wait
+//! writes the entry in place (`since_ns`) and the switch-in clears `since_ns`, so the
+//! hot path does two lock-free lookups and no insert or delete (a task's first wait
+//! inserts). The entry is keyed by the `task_struct` address, unique while the task
+//! lives, so a reused thread id cannot meet an older task's entry.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -33,10 +39,11 @@ use crate::{
 /// `TASK_RUNNING`, the `prev_state` of a task that stays on the run queue.
 const TASK_RUNNING: u64 = 0;
 
-/// Runnable tasks waiting for a CPU, keyed by thread id. Preallocated: these hooks
-/// run under the run-queue lock, where nothing may allocate.
+/// Every task that has waited for a CPU, keyed by its `task_struct` address;
+/// `since_ns` non-zero while it waits. Preallocated: these hooks run under the
+/// run-queue lock, where nothing may allocate. The agent sizes it to the node.
 #[map]
-static RUNQ_START: HashMap<u32, QueuedTask> = HashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
+static RUNQ_START: HashMap<u64, QueuedTask> = HashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
 
 /// Per-cgroup run-queue latency histograms, keyed by cgroup id.
 #[map]
@@ -86,15 +93,14 @@ pub fn runq_switch_blame(ctx: BtfTracePointContext) -> i32 {
 pub fn runq_migrate(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let dest: u32 = ctx.arg(1);
-    let pid = task_pid(task, &offsets());
-    if pid == 0 {
-        return 0;
-    }
-    let Some(queued) = RUNQ_START.get_ptr_mut(&pid) else {
+    let Some(queued) = RUNQ_START.get_ptr_mut(&(task as u64)) else {
         return 0;
     };
     // SAFETY: the entry of a task whose run queue is locked: nothing else writes it.
     let queued = unsafe { &mut *queued };
+    if queued.since_ns == 0 {
+        return 0; // not waiting (a wakeup's placement comes before its wait)
+    }
     let now = now_ns();
     blame::settle(queued.cgroup_id, task, queued.cpu, queued.settled_ns, now);
     queued.settled_ns = now;
@@ -102,19 +108,28 @@ pub fn runq_migrate(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `sched_process_free(struct task_struct *p)`: the task is freed (after its last
+/// switch); its entry goes, so that `RUNQ_START` holds live tasks only.
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn runq_free(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let _ = RUNQ_START.remove(&(task as u64));
+    0
+}
+
 fn try_wakeup(task: *const u8) -> Result<(), u32> {
     let off = offsets();
-    let pid = task_pid(task, &off);
     // A task woken while it runs (ttwu_runnable) does not wait.
-    if pid == 0 || task_on_cpu(task, &off) {
+    if task_pid(task, &off) == 0 || task_on_cpu(task, &off) {
         return Ok(());
     }
     let cgroup_id = task_cgroup_id(task, &off)?;
-    enqueue(pid, cgroup_id, now_ns(), load::<u32>(task, off.task_cpu))
+    enqueue(task, cgroup_id, now_ns(), load::<u32>(task, off.task_cpu))
 }
 
 fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let off = offsets();
     // Before 5.18 the tracepoint has no `prev_state`: the task's own state field,
@@ -122,33 +137,36 @@ fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> 
     // verifier follows only the branch the read-only setting selects).
     let prev_state: u64 = match off.task_state {
         0 => ctx.arg(3),
-        state => u64::from(load::<u32>(ctx.arg(1), state)),
+        state => u64::from(load::<u32>(prev, state)),
     };
     let now = now_ns();
-    // SAFETY: helper without preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // The CPU switching: `prev`'s (it is still `current`).
+    let cpu = load::<u32>(prev, off.task_cpu);
 
-    // `current` is still `prev` here. A preempted task (or one that yields) stays
-    // runnable: its wait starts now, in its own cgroup.
-    if preempt & 0xff != 0 || prev_state & 0xffff_ffff == TASK_RUNNING {
-        let prev_pid = bpf_get_current_pid_tgid() as u32;
-        if prev_pid != 0 {
-            // SAFETY: helper without preconditions.
-            let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            // A full start map must not also cost `next` its measurement.
-            count_drop(enqueue(prev_pid, cgroup_id, now, cpu));
-        }
+    // A preempted task (or one that yields) stays runnable: its wait starts now, in
+    // its own cgroup. The idle task (pid 0) never waits.
+    if (preempt & 0xff != 0 || prev_state & 0xffff_ffff == TASK_RUNNING)
+        && task_pid(prev, &off) != 0
+    {
+        // A full start map or an unreadable cgroup must not also cost `next` its
+        // measurement.
+        count_drop(task_cgroup_id(prev, &off).and_then(|id| enqueue(prev, id, now, cpu)));
     }
 
     let next_pid = task_pid(next, &off);
-    // SAFETY: the value is copied out before the entry is removed.
     let queued = match next_pid {
         0 => None,
-        pid => (unsafe { RUNQ_START.get(&pid) }).copied(),
+        _ => RUNQ_START.get_ptr_mut(&(next as u64)).and_then(|entry| {
+            // SAFETY: the entry of `next`, whose run queue is locked here.
+            let entry = unsafe { &mut *entry };
+            if entry.since_ns == 0 {
+                return None;
+            }
+            let queued = *entry;
+            entry.since_ns = 0;
+            Some(queued)
+        }),
     };
-    if queued.is_some() {
-        let _ = RUNQ_START.remove(&next_pid);
-    }
     if BLAME {
         if let Some(q) = &queued {
             blame::settle(q.cgroup_id, next, cpu, q.settled_ns, now);
@@ -156,7 +174,8 @@ fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> 
         if next_pid == 0 {
             blame::flush_cpu(cpu);
         }
-        blame::occupy(cpu, now, blame::occupant(next, next_pid));
+        let known = queued.map(|q| q.cgroup_id);
+        blame::occupy(cpu, now, blame::occupant(next, next_pid, known));
     }
     match queued {
         Some(q) => record(q.cgroup_id, now.saturating_sub(q.since_ns)),
@@ -164,8 +183,10 @@ fn try_switch<const BLAME: bool>(ctx: &BtfTracePointContext) -> Result<(), u32> 
     }
 }
 
+/// `task` waits from `now` on `cpu`'s queue: its entry written in place, or
+/// created at its first wait.
 #[inline(always)]
-fn enqueue(pid: u32, cgroup_id: u64, now: u64, cpu: u32) -> Result<(), u32> {
+fn enqueue(task: *const u8, cgroup_id: u64, now: u64, cpu: u32) -> Result<(), u32> {
     let queued = QueuedTask {
         since_ns: now,
         cgroup_id,
@@ -173,8 +194,14 @@ fn enqueue(pid: u32, cgroup_id: u64, now: u64, cpu: u32) -> Result<(), u32> {
         cpu,
         _pad: 0,
     };
+    let key = task as u64;
+    if let Some(entry) = RUNQ_START.get_ptr_mut(&key) {
+        // SAFETY: the entry of `task`, whose run queue is locked here.
+        unsafe { *entry = queued };
+        return Ok(());
+    }
     RUNQ_START
-        .insert(&pid, &queued, 0)
+        .insert(&key, &queued, 0)
         .map_err(|_| drop::START_FULL)
 }
 

@@ -133,3 +133,57 @@ fn removed_cgroup_keeps_its_last_window_and_leaves_the_map() {
         "reported again after removal"
     );
 }
+
+/// The start map holds live tasks only: each new task gets an entry at its first
+/// wakeup and loses it when the kernel frees it (`sched_process_free`), so short
+/// lives do not fill it. Truth: the kernel's count of tasks (`/proc/loadavg`).
+#[test]
+fn the_start_map_follows_live_tasks_only() {
+    require_root_and_cgroup_v2!();
+    const LIVES: usize = 300;
+    let config = SamplerConfig::default();
+    let sampler = Sampler::start(&config).expect("sampler");
+    let runq = sampler.probes().runq.as_ref().expect("runq attached");
+    let tasks_now = || -> usize {
+        let loadavg = std::fs::read_to_string("/proc/loadavg").expect("loadavg");
+        let field = loadavg.split_whitespace().nth(3).expect("4th field");
+        field
+            .split_once('/')
+            .expect("running/total")
+            .1
+            .parse()
+            .expect("total")
+    };
+    let mut children: Vec<_> = (0..LIVES)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg("2")
+                .spawn()
+                .expect("spawn sleep")
+        })
+        .collect();
+    // Every child was woken new, so each has an entry while it lives.
+    let alive = runq.tasks_followed();
+    eprintln!("{alive} tasks followed with {LIVES} children alive");
+    assert!(
+        alive >= LIVES,
+        "{alive} entries with {LIVES} new tasks alive"
+    );
+    for child in &mut children {
+        child.wait().expect("wait");
+    }
+    // Freed after an RCU grace period: within a few seconds at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (followed, tasks) = (runq.tasks_followed(), tasks_now());
+        eprintln!("{followed} tasks followed, {tasks} tasks on the node");
+        if followed <= tasks {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{followed} entries for {tasks} live tasks 10 s after {LIVES} exited"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

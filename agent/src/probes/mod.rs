@@ -347,6 +347,7 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
         .override_global("BLOCKIO_CONFIG", blockio.as_ref().unwrap_or(&unused), true)
         .override_global("TCP_CONFIG", tcp.as_ref().unwrap_or(&unused_tcp), true)
         .map_max_entries("RUNQ_HIST", config.max_cgroups)
+        .map_max_entries("RUNQ_START", runq::start_capacity())
         // Four (waiter, culprit) pairs per cgroup; one timeline per possible CPU.
         .map_max_entries("BLAME", config.max_cgroups.saturating_mul(4))
         .map_max_entries("CPU_TIMELINE", timelines);

@@ -1,15 +1,17 @@
 //! Run-queue latency per cgroup (kernel side: `agent-ebpf/src/runq.rs`).
 //!
-//! Requires kernel 6.1+ (tp_btf with the `prev_state` argument of `sched_switch`,
-//! 5.18; non-preallocated hash maps in tracing programs, 6.1) with BTF.
+//! Kernel 5.10+ with BTF (tp_btf); what differs by version: docs/kernels.md.
 
 use std::collections::{BTreeMap, HashMap};
 
 use aya::{
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
-use cgscope_common::{histogram::Histogram, runq::drop};
+use cgscope_common::{
+    histogram::Histogram,
+    runq::{self, drop, QueuedTask},
+};
 
 use super::{attach_all, blame::Blame, counters, take_map, ProbeError};
 use crate::histogram::LatencyTotals;
@@ -17,19 +19,31 @@ use crate::histogram::LatencyTotals;
 pub const NAME: &str = "runq";
 
 /// Programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str); 3] = [
+const PROGRAMS: [(&str, &str); 4] = [
     ("runq_wakeup", "sched_wakeup"),
     ("runq_wakeup_new", "sched_wakeup_new"),
     ("runq_switch", "sched_switch"),
+    ("runq_free", "sched_process_free"),
 ];
 
 /// The same with the switch program that splits each wait by who held the CPU.
 /// The switch program first: if the kernel refuses it, nothing else was loaded.
-const BLAME_PROGRAMS: [(&str, &str); 3] = [
+const BLAME_PROGRAMS: [(&str, &str); 4] = [
     ("runq_switch_blame", "sched_switch"),
     ("runq_wakeup", "sched_wakeup"),
     ("runq_wakeup_new", "sched_wakeup_new"),
+    ("runq_free", "sched_process_free"),
 ];
+
+/// The capacity of `RUNQ_START` for this node: from the tasks it runs now (the
+/// total of `/proc/loadavg`'s fourth field), see [`runq::start_capacity`].
+pub fn start_capacity() -> u32 {
+    let tasks = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok())
+        .unwrap_or(0);
+    runq::start_capacity(tasks)
+}
 
 /// Names of the `RUNQ_DROPS` slots, in slot order.
 const DROP_REASONS: [&str; drop::SLOTS as usize] =
@@ -38,6 +52,7 @@ const DROP_REASONS: [&str; drop::SLOTS as usize] =
 /// The attached probe and its maps.
 pub struct Runq {
     hist: PerCpuHashMap<MapData, u64, Histogram>,
+    start: BpfHashMap<MapData, u64, QueuedTask>,
     drops: PerCpuArray<MapData, u64>,
     /// Who caused the waits: `None` when turned off, else attached or why not.
     pub blame: Option<Result<Blame, ProbeError>>,
@@ -73,6 +88,7 @@ impl Runq {
         };
         Ok(Self {
             hist: take_map(ebpf, "RUNQ_HIST")?,
+            start: take_map(ebpf, "RUNQ_START")?,
             drops: take_map(ebpf, "RUNQ_DROPS")?,
             blame,
             switch_state,
@@ -104,6 +120,12 @@ impl Runq {
         super::read_map(self.hist.iter(), out, |cpus| {
             LatencyTotals::from_cpus(cpus.iter())
         })
+    }
+
+    /// The tasks `RUNQ_START` follows now: live tasks that have waited since the
+    /// probe attached (a walk of the map's keys: for tests and diagnostics).
+    pub fn tasks_followed(&self) -> usize {
+        self.start.keys().filter(Result::is_ok).count()
     }
 
     /// Deletes the histograms of removed cgroups, so that their entries do not live
