@@ -15,7 +15,7 @@ use std::{
 
 use axum::{
     extract::{FromRef, Path, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -123,26 +123,69 @@ async fn readyz(State(latest): State<Latest>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if state.latest.borrow().is_none() {
         return not_ready();
     }
-    // Rendering takes milliseconds per thousand series: off the async workers.
+    let gzip = accepts_gzip(&headers);
+    // Rendering (and compressing) takes milliseconds per thousand series: off the
+    // async workers.
     let exposition = state.exposition.clone();
-    match tokio::task::spawn_blocking(move || exposition.text()).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text.to_string(),
-        )
-            .into_response(),
+    let body = tokio::task::spawn_blocking(move || {
+        let rendering = exposition.rendering();
+        if gzip {
+            rendering.gzip()
+        } else {
+            rendering.text.clone()
+        }
+    });
+    match body.await {
+        Ok(body) => {
+            let mut response = (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    (header::VARY, "accept-encoding"),
+                ],
+                body,
+            )
+                .into_response();
+            if gzip {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("rendering failed: {e}"),
         ),
     }
+}
+
+/// Whether the client's `Accept-Encoding` lists gzip (or `*`) with a non-zero
+/// weight.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f64>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
 }
 
 async fn snapshot(State(latest): State<Latest>) -> Response {
@@ -284,6 +327,26 @@ mod tests {
             .body(axum::body::Body::empty())
             .unwrap();
         router(state).oneshot(request).await.unwrap().status()
+    }
+
+    #[test]
+    fn gzip_is_served_to_clients_that_accept_it() {
+        let accepts = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::ACCEPT_ENCODING, v.parse().unwrap());
+            }
+            accepts_gzip(&headers)
+        };
+        assert!(accepts(&["gzip"]));
+        // Prometheus' own header.
+        assert!(accepts(&["gzip, deflate"]));
+        assert!(accepts(&["identity", "br;q=0.9, GZIP;q=0.5"]));
+        assert!(accepts(&["*"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["gzip;q=0"]));
+        assert!(!accepts(&["deflate, br"]));
+        assert!(!accepts(&["x-gzip2"]));
     }
 
     #[tokio::test]

@@ -257,6 +257,14 @@ pub fn markdown() -> String {
          or deltas with `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta`. \
          Histograms are the kernel's buckets as OTLP exponential histograms (scale 3, \
          bucket bounds 2^(i/8) s); Prometheus gets them as classic buckets at powers of 2.\n\n\
+         When a series appears and goes: a cgroup's gauge from its first exported window; \
+         a cgroup's counter or histogram only once it has counted something (an idle \
+         container's never-woken run-queue histogram or never-throttled counter is not \
+         exported, in OTLP or Prometheus), then in every window after, empty or not. A \
+         series goes stale when its cgroup is removed (its last window is exported once) \
+         or its source stops giving a value; back, it starts again with a new start time. \
+         The node's series (`system.*`, `cgscope.*`) are always exported. `/metrics` is \
+         gzipped for scrapers that accept it (Prometheus does).\n\n\
          | metric | instrument | unit | attributes | source | replaces | description |\n\
          |---|---|---|---|---|---|---|\n",
     );

@@ -8,7 +8,7 @@
 
 use std::{
     fmt::Write as _,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
 };
 
 use cgscope_common::histogram::{BUCKETS, OTLP_OFFSET, SUB_BUCKETS};
@@ -25,7 +25,41 @@ pub struct Exposition {
     store: Mutex<Store>,
     agent: AgentResource,
     /// The last rendering and the end of the window it shows.
-    cache: Mutex<(u64, Arc<str>)>,
+    cache: Mutex<(u64, Arc<Rendering>)>,
+}
+
+/// One window's exposition: the text, and its gzip made on the first scrape of the
+/// window that accepts it (Prometheus does; the text of a dense node compresses
+/// about twentyfold).
+pub struct Rendering {
+    pub text: bytes::Bytes,
+    gzip: OnceLock<bytes::Bytes>,
+}
+
+impl Rendering {
+    fn new(text: String) -> Self {
+        Self {
+            text: text.into(),
+            gzip: OnceLock::new(),
+        }
+    }
+
+    /// The text, gzipped (level 1: a scrape of thousands of containers must not
+    /// wait for the compressor; the ratio at higher levels gains little on text
+    /// this repetitive).
+    pub fn gzip(&self) -> bytes::Bytes {
+        self.gzip
+            .get_or_init(|| {
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.text.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                // Writing to a Vec cannot fail.
+                let _ = std::io::Write::write_all(&mut encoder, &self.text);
+                encoder.finish().unwrap_or_default().into()
+            })
+            .clone()
+    }
 }
 
 impl Exposition {
@@ -33,7 +67,7 @@ impl Exposition {
         Self {
             store: Mutex::new(Store::default()),
             agent,
-            cache: Mutex::new((0, Arc::from(""))),
+            cache: Mutex::new((0, Arc::new(Rendering::new(String::new())))),
         }
     }
 
@@ -48,13 +82,13 @@ impl Exposition {
     }
 
     /// The exposition of the latest window (blocking: call off the async runtime).
-    pub fn text(&self) -> Arc<str> {
+    pub fn rendering(&self) -> Arc<Rendering> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let store = self.store();
         if cache.0 != store.window_end_unix_nano {
             *cache = (
                 store.window_end_unix_nano,
-                render(&store, &self.agent).into(),
+                Arc::new(Rendering::new(render(&store, &self.agent))),
             );
         }
         cache.1.clone()
@@ -200,6 +234,19 @@ pub fn render(store: &Store, agent: &AgentResource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gzip_of_a_rendering_is_its_text() {
+        let text = "container_cpu_time_seconds_total{a=\"b\"} 1\n".repeat(1000);
+        let rendering = Rendering::new(text.clone());
+        let gzip = rendering.gzip();
+        assert!(gzip.len() * 20 < text.len(), "{} bytes of gzip", gzip.len());
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut back)
+            .expect("gunzip");
+        assert_eq!(back, text);
+        assert_eq!(rendering.gzip(), gzip, "made once");
+    }
 
     #[test]
     fn label_values_escape_what_the_format_requires_and_nothing_else() {

@@ -286,6 +286,9 @@ impl<'a> Window<'a> {
             },
         );
         for p in points {
+            if self.never_counted(key, &p) {
+                continue;
+            }
             let seen = self.series_per_metric.entry(p.metric.name).or_default();
             if *seen >= self.max_series {
                 self.overflow.push(p);
@@ -294,6 +297,25 @@ impl<'a> Window<'a> {
             *seen += 1;
             self.add(key, p);
         }
+    }
+
+    /// A cgroup's counter or histogram that has counted nothing since the agent
+    /// started: it gets no series until it does (an idle container's never-woken
+    /// run-queue histogram or never-throttled counter costs no series downstream).
+    /// A series that exists continues through empty windows.
+    fn never_counted(&self, key: ResourceKey, p: &Point<'_>) -> bool {
+        let counter = p.metric.instrument == Instrument::Counter;
+        let empty = match &p.value {
+            PointValue::Histogram(h) => h.count == 0,
+            PointValue::Int(n) | PointValue::TotalInt(n) => counter && *n == 0,
+            PointValue::Double(x) | PointValue::TotalDouble(x) => counter && *x == 0.0,
+        };
+        empty
+            && matches!(key, ResourceKey::Cgroup(_))
+            && !self.previous.get(&key).is_some_and(|r| {
+                r.series
+                    .contains_key(&(p.metric.name, p.attributes.clone()))
+            })
     }
 
     /// Keeps the series of `key` that this window did not carry, with their totals
@@ -456,6 +478,32 @@ pub(crate) mod tests {
         assert_eq!(
             (&cpu.total, cpu.start_unix_nano),
             (&Value::Double(2.0), 120_000_000_000)
+        );
+    }
+
+    #[test]
+    fn a_cgroup_series_exists_once_it_has_counted_something() {
+        let (mut store, agent, filter) =
+            (Store::default(), AgentSample::default(), Filter::default());
+        // Never woken, no CPU time: no histogram, no counter.
+        store.update(&snapshot(100.0, vec![cgroup(1, 0.0, &[])]), &agent, &filter);
+        assert!(series(&store, 1, "container.cpu.runq.latency").is_none());
+        assert!(series(&store, 1, "container.cpu.time").is_none());
+        assert!(store.resources.contains_key(&ResourceKey::Cgroup(1)));
+        store.update(
+            &snapshot(110.0, vec![cgroup(1, 0.5, &[2_000])]),
+            &agent,
+            &filter,
+        );
+        let runq = series(&store, 1, "container.cpu.runq.latency").expect("runq");
+        assert_eq!(runq.start_unix_nano, 100_000_000_000, "its first window");
+        // Empty windows after that: the series continue, totals kept.
+        store.update(&snapshot(120.0, vec![cgroup(1, 0.0, &[])]), &agent, &filter);
+        assert!(series(&store, 1, "container.cpu.runq.latency").is_some());
+        let cpu = series(&store, 1, "container.cpu.time").expect("cpu series");
+        assert_eq!(
+            (&cpu.total, &cpu.window),
+            (&Value::Double(0.5), &Value::Double(0.0))
         );
     }
 
