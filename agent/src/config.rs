@@ -59,6 +59,15 @@ pub struct SamplingOptions {
     #[arg(long, env = "CGSCOPE_RUNQ_BLAME", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub runq_blame: bool,
+
+    /// Have the kernel keep run-time statistics of BPF programs while the agent runs
+    /// (BPF_ENABLE_STATS, needs CAP_SYS_ADMIN at start), so that the probes' cost
+    /// per event is exported; every BPF program on the node, not only cgscope's,
+    /// then pays two clock reads per run. `false`: statistics only where
+    /// `kernel.bpf_stats_enabled` is already 1.
+    #[arg(long, env = "CGSCOPE_PROBE_RUN_STATS", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub probe_run_stats: bool,
 }
 
 impl SamplingOptions {
@@ -69,6 +78,7 @@ impl SamplingOptions {
                 max_cgroups: self.max_cgroups,
                 enabled: self.probes.clone(),
                 blame: self.runq_blame,
+                run_stats: self.probe_run_stats,
             },
             metadata: MetadataConfig {
                 docker_sockets: self.docker_sockets.clone(),

@@ -51,7 +51,7 @@ pub struct Host {
 }
 
 /// Whether a probe is attached, and why not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeStatus {
     pub name: &'static str,
     pub attached: bool,
@@ -67,6 +67,10 @@ pub struct ProbeStatus {
     /// the window, before deleting those of removed cgroups (`null` for a probe
     /// without one, or outside a sampler).
     pub map_entries: Option<u64>,
+    /// What the probe's programs cost in the kernel since they were loaded, by
+    /// program: runs and run time, from the kernel's run-time statistics; `null`
+    /// where it keeps none (the notes say why) or the probe is not attached.
+    pub run_stats: Option<Vec<crate::probes::cost::ProgramRunStats>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

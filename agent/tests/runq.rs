@@ -187,3 +187,58 @@ fn the_start_map_follows_live_tasks_only() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The probe's own cost as the kernel counts it: the switch program runs once per
+/// context switch, so its runs over a window match the node's context switches
+/// (`ctxt` of `/proc/stat`) in that window, and its run time is positive.
+#[test]
+fn the_switch_program_runs_once_per_context_switch() {
+    require_root_and_cgroup_v2!();
+    let ctxt = || -> u64 {
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let line = stat.lines().find(|l| l.starts_with("ctxt ")).expect("ctxt");
+        line[5..].trim().parse().expect("ctxt value")
+    };
+    let switch_runs = |snapshot: &cgscope::sample::Snapshot| -> (u64, f64) {
+        let runq = snapshot
+            .probes
+            .iter()
+            .find(|p| p.name == "runq")
+            .expect("runq");
+        let stats = runq
+            .run_stats
+            .as_ref()
+            .unwrap_or_else(|| panic!("no run statistics as root: notes {:?}", runq.notes));
+        let switch = stats
+            .iter()
+            .find(|s| s.program.starts_with("runq_switch"))
+            .expect("a switch program");
+        (switch.runs, switch.run_seconds)
+    };
+    let mut busy = TestCgroup::create("switching");
+    busy.spawn(Some(0), common::spin);
+    busy.spawn(Some(0), common::spin);
+    let mut sampler = Sampler::start(&SamplerConfig::default()).expect("sampler");
+    let first = sampler.sample(None);
+    let before = ctxt();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = ctxt();
+    let second = sampler.sample(None);
+    let (runs0, time0) = switch_runs(&first);
+    let (runs1, time1) = switch_runs(&second);
+    let (runs, switches) = (runs1 - runs0, after - before);
+    eprintln!(
+        "switch program: {runs} runs, {:.0} ns per run; /proc/stat: {switches} context switches",
+        (time1 - time0) * 1e9 / runs.max(1) as f64
+    );
+    assert!(
+        switches > 100,
+        "{switches} context switches: the hogs did not contend"
+    );
+    // The sampler's own reads fall between the kernel's counters and ctxt's.
+    assert!(
+        runs.abs_diff(switches) as f64 <= 50.0 + 0.05 * switches as f64,
+        "{runs} runs vs {switches} context switches"
+    );
+    assert!(time1 > time0, "run time did not grow");
+}

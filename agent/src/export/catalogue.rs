@@ -171,6 +171,10 @@ metrics! { SELF_METRICS;
         "Events a probe could not record, by reason (map full, no timestamp, ...).";
     SELF_PROBE_MAP_ENTRIES: "cgscope.probe.map_entries", Gauge, "{entry}", ["cgscope.probe"], "the probes' maps", "",
         "Entries in a probe's per-cgroup map (its capacity is --max-cgroups).";
+    SELF_PROBE_RUNS: "cgscope.probe.runs", Counter, "{run}", ["cgscope.probe", "cgscope.program"], "BPF run-time statistics", "",
+        "Runs of each probe program (one per event on its hook), where the kernel keeps run-time statistics (see the probe's notes where it does not).";
+    SELF_PROBE_RUN_TIME: "cgscope.probe.run_time", Counter, "s", ["cgscope.probe", "cgscope.program"], "BPF run-time statistics", "",
+        "Time the kernel spent running each probe program: divided by `cgscope.probe.runs`, what one event costs; over the node's CPU time, the probes' share.";
     SELF_EXPORT_SENT: "cgscope.export.sent", Counter, "{batch}", [], "the OTLP exporter", "",
         "Batches the collector accepted.";
     SELF_EXPORT_FAILURES: "cgscope.export.failures", Counter, "{attempt}", ["error.type"], "the OTLP exporter", "",

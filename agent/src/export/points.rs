@@ -392,6 +392,12 @@ pub fn agent<'a>(a: &AgentSample, probes: &'a [ProbeStatus], out: &mut Points<'a
             let at = attr2("cgscope.probe", p.name, "cgscope.reason", reason);
             out.push(&c::SELF_PROBE_DROPPED, at, PointValue::TotalInt(*n));
         }
+        for s in p.run_stats.iter().flatten() {
+            let at = || attr2("cgscope.probe", p.name, "cgscope.program", &s.program);
+            out.push(&c::SELF_PROBE_RUNS, at(), PointValue::TotalInt(s.runs));
+            let seconds = PointValue::TotalDouble(s.run_seconds);
+            out.push(&c::SELF_PROBE_RUN_TIME, at(), seconds);
+        }
     }
     if let Some(sent) = a.export_sent {
         out.push(&c::SELF_EXPORT_SENT, vec![], PointValue::TotalInt(sent));

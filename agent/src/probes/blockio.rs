@@ -263,6 +263,7 @@ impl Blockio {
             dropped,
             notes,
             map_entries: None,
+            run_stats: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod blame;
 pub mod blockio;
+pub mod cost;
 mod memlock;
 pub mod oom;
 mod prealloc;
@@ -95,6 +96,8 @@ pub struct ProbeConfig {
     pub enabled: Vec<String>,
     /// Whether runq splits each wait by what held the CPU ([`blame`]).
     pub blame: bool,
+    /// Whether the agent turns on the kernel's run-time statistics ([`cost`]).
+    pub run_stats: bool,
 }
 
 impl ProbeConfig {
@@ -134,6 +137,8 @@ pub struct Probes {
     /// What the maps cost on this kernel and where it is charged (see
     /// [`prealloc`], [`memlock`]): probe, note.
     memory_notes: Vec<(&'static str, String)>,
+    /// Whether the kernel keeps the programs' run-time statistics.
+    run_stats: cost::RunStats,
 }
 
 /// Loads the fentry or fexit program (`$kind`: `FEntry`, `FExit`) named by
@@ -385,15 +390,22 @@ fn load(config: &ProbeConfig, io_owner: u32) -> Result<Loaded, ProbeError> {
     Ok((ebpf, btf, facts))
 }
 
+/// The probe a program or map of the object belongs to, by its name's prefix
+/// (`runq_switch`, `RUNQ_HIST`, `blockio_...`); blame's are runq's.
+pub(crate) fn probe_of(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    ALL.into_iter()
+        .find(|p| lower.starts_with(p))
+        .or_else(|| lower.starts_with("blame").then_some(runq::NAME))
+}
+
 /// For each preallocated map of a probe: its probe and what it holds.
 fn preallocation_notes(ebpf: &Ebpf, names: &[String]) -> Vec<(&'static str, String)> {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
     names
         .iter()
         .filter_map(|name| {
-            let probe = [runq::NAME, blockio::NAME, tcp::NAME]
-                .into_iter()
-                .find(|p| name.to_ascii_lowercase().starts_with(p))?;
+            let probe = probe_of(name)?;
             let (info, per_cpu) = match ebpf.map(name)? {
                 aya::maps::Map::HashMap(d) => (d.info().ok()?, false),
                 aya::maps::Map::PerCpuHashMap(d) => (d.info().ok()?, true),
@@ -419,6 +431,8 @@ impl Probes {
     /// that cannot attach carries its error. `cgroup_root` tells where the io
     /// controller lives (see [`blockio::owner_mode`]).
     pub fn attach(config: &ProbeConfig, cgroup_root: Option<&Path>) -> Self {
+        // While this thread still holds its capabilities.
+        let run_stats = cost::RunStats::enable(config.run_stats);
         let io_owner = blockio::owner_mode(cgroup_root);
         match load(config, io_owner) {
             Ok((mut ebpf, btf, facts)) => {
@@ -444,6 +458,7 @@ impl Probes {
                     oom,
                     tcp,
                     memory_notes: facts.memory_notes,
+                    run_stats,
                 }
             }
             Err(e) => Self {
@@ -453,6 +468,7 @@ impl Probes {
                 tcp: Err(ProbeError::Load(e.to_string())),
                 runq: Err(e),
                 memory_notes: Vec::new(),
+                run_stats,
             },
         }
     }
@@ -480,6 +496,7 @@ impl Probes {
                 _ => Vec::new(),
             },
             map_entries: None,
+            run_stats: None,
         };
         let mut status = vec![
             match &self.runq {
@@ -490,6 +507,7 @@ impl Probes {
                     dropped: runq.dropped(),
                     notes: runq.notes(),
                     map_entries: None,
+                    run_stats: None,
                 },
                 Err(e) => failed(runq::NAME, e),
             },
@@ -509,6 +527,13 @@ impl Probes {
         for (probe, note) in &self.memory_notes {
             if let Some(s) = status.iter_mut().find(|s| s.name == *probe && s.attached) {
                 s.notes.push(note.clone());
+            }
+        }
+        for s in status.iter_mut().filter(|s| s.attached) {
+            match (&self.run_stats.available, &self.ebpf) {
+                (Ok(()), Some(ebpf)) => s.run_stats = self.run_stats.of(ebpf, s.name),
+                (Err(why), _) => s.notes.push(why.clone()),
+                _ => {}
             }
         }
         status

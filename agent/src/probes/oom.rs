@@ -116,6 +116,7 @@ impl Oom {
             dropped: counters(&self.drops, &DROP_REASONS),
             notes: vec![format!("kills seen at {}", self.hook)],
             map_entries: None,
+            run_stats: None,
         }
     }
 }

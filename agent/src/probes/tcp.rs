@@ -130,6 +130,7 @@ impl Tcp {
                     .into(),
             ],
             map_entries: None,
+            run_stats: None,
         }
     }
 }

@@ -74,6 +74,7 @@ impl Default for SamplerConfig {
                 max_cgroups: cgscope_common::runq::DEFAULT_MAX_CGROUPS,
                 enabled: crate::probes::ALL.map(str::to_owned).to_vec(),
                 blame: true,
+                run_stats: true,
             },
             metadata: MetadataConfig::default(),
             drop_capabilities: false,
