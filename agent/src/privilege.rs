@@ -151,19 +151,11 @@ pub fn map_reads_need_cap_bpf() -> bool {
                 }
             }
             // union bpf_attr's info: bpf_fd (u32), info_len (u32), info (u64).
-            let mut attr = [0u32; 4];
-            attr[0] = u32::MAX;
+            // fd -1 is never valid.
+            let mut attr = [u32::MAX, 0, 0, 0];
             const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-            // SAFETY: bpf() reads `attr`, whose size is passed; fd -1 is never valid.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_OBJ_GET_INFO_BY_FD,
-                    attr.as_mut_ptr(),
-                    std::mem::size_of_val(&attr),
-                )
-            };
-            rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            let result = crate::probes::sys::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr);
+            result.is_err_and(|e| e.raw_os_error() == Some(libc::EPERM))
         })
         .join()
         .unwrap_or(false)

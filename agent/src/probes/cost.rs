@@ -55,26 +55,18 @@ impl RunStats {
             };
         }
         // union bpf_attr's enable_stats: type (u32), BPF_STATS_RUN_TIME = 0.
-        let attr = [0u32; 4];
         const BPF_ENABLE_STATS: libc::c_long = 32;
-        // SAFETY: bpf() reads `attr`, whose size is passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr),
-            )
+        let refused = match super::sys::bpf(BPF_ENABLE_STATS, &mut [0; 4]) {
+            Ok(fd) => {
+                // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+                return Self {
+                    _enabled: Some(fd),
+                    available: Ok(()),
+                };
+            }
+            Err(e) => e,
         };
-        if fd >= 0 {
-            // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            return Self {
-                _enabled: Some(fd),
-                available: Ok(()),
-            };
-        }
-        let refused = std::io::Error::last_os_error();
         let available = if sysctl_on() {
             Ok(())
         } else {

@@ -9,6 +9,7 @@ mod memlock;
 pub mod oom;
 mod prealloc;
 pub mod runq;
+pub mod sys;
 pub mod tcp;
 pub mod window;
 
