@@ -219,26 +219,35 @@ fn the_switch_program_runs_once_per_context_switch() {
     busy.spawn(Some(0), common::spin);
     busy.spawn(Some(0), common::spin);
     let mut sampler = Sampler::start(&SamplerConfig::default()).expect("sampler");
+    // Each sample reads the statistics at some instant inside it: the runs between
+    // the two reads lie between the switches strictly between the samples and
+    // those from before the first to after the second.
+    let c0 = ctxt();
     let first = sampler.sample(None);
-    let before = ctxt();
+    let c1 = ctxt();
     std::thread::sleep(Duration::from_secs(2));
-    let after = ctxt();
+    let c2 = ctxt();
     let second = sampler.sample(None);
+    let c3 = ctxt();
     let (runs0, time0) = switch_runs(&first);
     let (runs1, time1) = switch_runs(&second);
-    let (runs, switches) = (runs1 - runs0, after - before);
+    let runs = runs1 - runs0;
+    let (least, most) = (c2 - c1, c3 - c0);
     eprintln!(
-        "switch program: {runs} runs, {:.0} ns per run; /proc/stat: {switches} context switches",
+        "switch program: {runs} runs, {:.0} ns per run; /proc/stat: {least}-{most} context switches",
         (time1 - time0) * 1e9 / runs.max(1) as f64
     );
     assert!(
-        switches > 100,
-        "{switches} context switches: the hogs did not contend"
+        least > 100,
+        "{least} context switches: the hogs did not contend"
     );
-    // The sampler's own reads fall between the kernel's counters and ctxt's.
+    // A switch or two per CPU may fall between a counter's update and its read,
+    // and the kernel skips a program's run now and then (614 runs for 616 switches
+    // on the host once): a few, and 0.5 %.
+    let slack = 4 + least / 200;
     assert!(
-        runs.abs_diff(switches) as f64 <= 50.0 + 0.05 * switches as f64,
-        "{runs} runs vs {switches} context switches"
+        runs + slack >= least && runs <= most + slack,
+        "{runs} runs, outside the {least}-{most} context switches around them"
     );
     assert!(time1 > time0, "run time did not grow");
 }
