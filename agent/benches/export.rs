@@ -169,6 +169,7 @@ fn snapshot(round: u64) -> Snapshot {
         timestamp_seconds: 1.8e9 + round as f64 * 10.0,
         window_seconds: 10.0,
         scan_errors: Default::default(),
+        cost: Default::default(),
         host: Host {
             kernel: "6.12.0".into(),
             cgroup_mode: cgscope::cgroup::mount::CgroupMode::Unified,

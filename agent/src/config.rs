@@ -68,6 +68,14 @@ pub struct SamplingOptions {
     #[arg(long, env = "CGSCOPE_PROBE_RUN_STATS", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub probe_run_stats: bool,
+
+    /// The share of the node's CPU time, in percent, cgscope may cost (its process
+    /// and its probes in the kernel) before it says so: over it for three windows in
+    /// a row, the snapshot's `cost`, `/healthz` and `cgscope.cost.over_budget` name
+    /// the costliest probe. Nothing is sampled away to stay under it.
+    #[arg(long, env = "CGSCOPE_COST_BUDGET", default_value_t = crate::sampler::cost::DEFAULT_BUDGET * 100.0,
+          value_parser = parse_percent, value_name = "PERCENT")]
+    pub cost_budget: f64,
 }
 
 impl SamplingOptions {
@@ -87,6 +95,7 @@ impl SamplingOptions {
                 ..MetadataConfig::default()
             },
             drop_capabilities: false,
+            cost_budget: self.cost_budget / 100.0,
         }
     }
 }
@@ -196,6 +205,14 @@ impl ExportOptions {
             min_age: self.min_age,
             max_series: self.max_series,
         }
+    }
+}
+
+/// A share in percent, above 0 and at most 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0 and at most 100")),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Snapshot {
     /// or `malformed`): each cgroup that could not be read whole is in `cgroups`
     /// with `unreadable` set, and each failed directory listing counts once.
     pub scan_errors: BTreeMap<&'static str, u64>,
+    /// What cgscope cost the node in this window, against its budget.
+    pub cost: crate::sampler::cost::CostSample,
     pub cgroups: Vec<CgroupSample>,
 }
 

@@ -236,6 +236,72 @@ fn run_serves_the_api_and_detaches_on_sigterm() {
     assert!(left.is_empty(), "programs left after shutdown: {left:?}");
 }
 
+/// Over its cost budget (here one no agent can stay under) for three windows, the
+/// agent says so in the snapshot, in `/healthz` (still 200) and in a metric, naming
+/// the probe whose programs ran longest in the window, which its own `run_stats`
+/// confirm.
+#[test]
+fn over_its_cost_budget_the_agent_says_so_and_names_the_costliest_probe() {
+    require_root_and_cgroup_v2!();
+    let _serial = serial();
+    let addr = "127.0.0.1:19465";
+    let agent = Command::new(BIN)
+        .args(["run", "--interval", "1s", "--listen", addr])
+        .args(["--cost-budget", "0.0001"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let started = Instant::now();
+    let snapshot: Value = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "not over budget within 150 s"
+        );
+        if let Ok((200, body)) = http_get(addr, "/api/v1/snapshot") {
+            let snapshot: Value = serde_json::from_str(&body).expect("API JSON");
+            if snapshot["cost"]["over_budget"] == true {
+                break snapshot;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let cost = &snapshot["cost"];
+    eprintln!("cost: {cost}");
+    assert!(
+        cost["windows_over"].as_u64().is_some_and(|n| n >= 3),
+        "{cost}"
+    );
+    assert!(
+        cost["node_share"].as_f64().is_some_and(|s| s > 1e-6),
+        "{cost}"
+    );
+    let costliest = cost["costliest_probe"].as_str().expect("a costliest probe");
+    let by_probe = cost["probe_seconds"].as_object().expect("probe_seconds");
+    let most = by_probe
+        .values()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    assert_eq!(by_probe[costliest].as_f64(), Some(most), "{cost}");
+    let (status, health) = http_get(addr, "/healthz").expect("healthz");
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("over its cost budget"), "{health}");
+    assert!(health.contains("the costliest probe is"), "{health}");
+    let (_, metrics) = http_get(addr, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cgscope_cost_over_budget_ratio{") && l.ends_with(" 1")),
+        "no over-budget series in /metrics"
+    );
+    let (status, stderr) = common::stop_agent(agent);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(
+        stderr.contains("over its cost budget"),
+        "not logged: {stderr}"
+    );
+}
+
 #[test]
 fn bad_input_gets_a_clear_message_not_a_panic() {
     let _serial = serial();

@@ -87,11 +87,13 @@ fn stall_limit(interval: Duration) -> Duration {
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let last = state
+    let (last, over_budget) = state
         .latest
         .borrow()
         .as_ref()
-        .map_or(state.started, |p| p.at);
+        .map_or((state.started, None), |p| {
+            (p.at, p.snapshot.cost.over_budget_message())
+        });
     let since = last.elapsed();
     if since > stall_limit(state.interval) {
         let message = format!(
@@ -101,7 +103,11 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         );
         return error(StatusCode::SERVICE_UNAVAILABLE, &message);
     }
-    "ok\n".into_response()
+    // Healthy still (a restart would not make it cheaper), but said.
+    match over_budget {
+        Some(message) => format!("ok; cgscope is {message}\n").into_response(),
+        None => "ok\n".into_response(),
+    }
 }
 
 #[derive(Serialize)]

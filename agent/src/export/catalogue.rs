@@ -175,6 +175,10 @@ metrics! { SELF_METRICS;
         "Runs of each probe program (one per event on its hook), where the kernel keeps run-time statistics (see the probe's notes where it does not).";
     SELF_PROBE_RUN_TIME: "cgscope.probe.run_time", Counter, "s", ["cgscope.probe", "cgscope.program"], "BPF run-time statistics", "",
         "Time the kernel spent running each probe program: divided by `cgscope.probe.runs`, what one event costs; over the node's CPU time, the probes' share.";
+    SELF_COST_SHARE: "cgscope.cost.node_share", Gauge, "1", [], "getrusage and BPF run-time statistics", "",
+        "cgscope's process CPU time plus its probes' run time in the kernel, over the node's CPU time in the window.";
+    SELF_COST_OVER_BUDGET: "cgscope.cost.over_budget", Gauge, "1", ["cgscope.probe"], "--cost-budget", "",
+        "1 once cgscope has been over its cost budget (--cost-budget) for three windows in a row, with the costliest probe in `cgscope.probe`; else 0.";
     SELF_EXPORT_SENT: "cgscope.export.sent", Counter, "{batch}", [], "the OTLP exporter", "",
         "Batches the collector accepted.";
     SELF_EXPORT_FAILURES: "cgscope.export.failures", Counter, "{attempt}", ["error.type"], "the OTLP exporter", "",

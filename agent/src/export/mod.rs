@@ -59,11 +59,11 @@ impl Exporter {
     }
 
     fn agent_sample(&self, snapshot: &Snapshot, scan: Duration, store: &Store) -> AgentSample {
-        let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok();
-        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        let (user_seconds, system_seconds) =
+            crate::sampler::cost::process_cpu_seconds().unwrap_or_default();
         let mut a = AgentSample {
-            user_seconds: usage.map_or(0.0, |u| seconds(u.user_time())),
-            system_seconds: usage.map_or(0.0, |u| seconds(u.system_time())),
+            user_seconds,
+            system_seconds,
             rss_bytes: self_rss_bytes(),
             scan_seconds: scan.as_secs_f64(),
             cgroups: snapshot.cgroups.len() as u64,

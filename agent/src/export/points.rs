@@ -10,6 +10,7 @@ use crate::{
         CgroupSample, IoDeviceSample, PerOperation, PressureSample, PressureWindow, ProbeStatus,
         RunqBlame,
     },
+    sampler::cost::CostSample,
 };
 
 use super::catalogue::{self as c, Metric};
@@ -355,7 +356,12 @@ pub struct AgentSample {
 }
 
 /// The agent's points (`cgscope.*`): its cost, its probes, its exporter.
-pub fn agent<'a>(a: &AgentSample, probes: &'a [ProbeStatus], out: &mut Points<'a>) {
+pub fn agent<'a>(
+    a: &AgentSample,
+    probes: &'a [ProbeStatus],
+    cost: &'a CostSample,
+    out: &mut Points<'a>,
+) {
     out.push(
         &c::SELF_CPU_TIME,
         attr("cpu.mode", "user"),
@@ -420,6 +426,16 @@ pub fn agent<'a>(a: &AgentSample, probes: &'a [ProbeStatus], out: &mut Points<'a
         &c::SELF_SERIES_OVERFLOW,
         vec![],
         PointValue::TotalInt(a.series_overflow),
+    );
+    out.double(&c::SELF_COST_SHARE, vec![], cost.node_share);
+    let costliest = match (cost.over_budget, cost.costliest_probe) {
+        (true, Some(probe)) => attr("cgscope.probe", probe),
+        _ => vec![],
+    };
+    out.int(
+        &c::SELF_COST_OVER_BUDGET,
+        costliest,
+        Some(u64::from(cost.over_budget)),
     );
 }
 

@@ -203,7 +203,7 @@ impl Store {
         let bounds = Bounds::now(cpus, snapshot.window_seconds);
         let mut node = Points(Vec::new());
         points::host(&snapshot.host.window, &mut node);
-        points::agent(agent, &snapshot.probes, &mut node);
+        points::agent(agent, &snapshot.probes, &snapshot.cost, &mut node);
         window.carry(ResourceKey::Node, Vec::new(), start, node.0);
 
         for c in &snapshot.cgroups {
@@ -425,6 +425,7 @@ pub(crate) mod tests {
             },
             probes: Vec::new(),
             scan_errors: Default::default(),
+            cost: Default::default(),
             cgroups,
         }
     }

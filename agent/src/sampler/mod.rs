@@ -9,6 +9,7 @@ use std::{
 };
 
 mod blame;
+pub mod cost;
 mod network;
 mod results;
 mod scan;
@@ -64,6 +65,9 @@ pub struct SamplerConfig {
     /// (`privilege::drop_after_attach`). Capabilities are per thread: the sampler
     /// must then start before any other thread.
     pub drop_capabilities: bool,
+    /// The share of the node's CPU time cgscope may cost before it says so
+    /// ([`cost`]).
+    pub cost_budget: f64,
 }
 
 impl Default for SamplerConfig {
@@ -78,6 +82,7 @@ impl Default for SamplerConfig {
             },
             metadata: MetadataConfig::default(),
             drop_capabilities: false,
+            cost_budget: cost::DEFAULT_BUDGET,
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Sampler {
     netns: NetnsReader,
     host_reader: HostReader,
     metadata: Metadata,
+    /// What the agent costs the node, window by window.
+    cost: cost::CostWatch,
     /// Whether a scan has set the baselines (the first only reads them: its
     /// samples, counters since each cgroup's creation, are never reported).
     baselined: bool,
@@ -182,6 +189,7 @@ impl Sampler {
             netns: NetnsReader::default(),
             host_reader: HostReader::default(),
             metadata: Metadata::start(config.metadata.clone()),
+            cost: cost::CostWatch::new(config.cost_budget),
             baselined: false,
         };
         let _baseline = sampler.sample(None);
@@ -525,6 +533,12 @@ impl Sampler {
                 p.map_entries = Some(entries);
             }
         }
+        let cost = self.cost.window(&probes, seconds, cpus);
+        if cost.windows_over == cost::WINDOWS_OVER {
+            if let Some(message) = cost.over_budget_message() {
+                log::warn!("cgscope is {message}");
+            }
+        }
         Snapshot {
             schema: SCHEMA,
             timestamp_seconds: SystemTime::now()
@@ -535,6 +549,7 @@ impl Sampler {
             host: self.host.clone(),
             probes,
             scan_errors: scan.by_reason,
+            cost,
             cgroups,
         }
     }
