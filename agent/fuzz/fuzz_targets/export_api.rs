@@ -67,6 +67,7 @@ fn api() -> &'static Api {
             },
             probes: Vec::new(),
             scan_errors: Default::default(),
+            cost: Default::default(),
             cgroups: vec![
                 CgroupSample::bare("/", 1, CgroupKind::Root),
                 CgroupSample::bare("/system.slice/a.service", 2, CgroupKind::Service),
