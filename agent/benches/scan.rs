@@ -1,7 +1,9 @@
 //! `cargo xtask bench cgroups`: CPU time and allocations of one full scan of N
 //! cgroups, against the floor the kernel sets: a bare loop that only lists the same
 //! directories and opens and reads the same files. Run as root; creates the cgroups
-//! under the v2 root and removes them. Target: ≤ 40 ms CPU per 1,000 cgroups × 6 files; user time ≤ 1.5× floor.
+//! under the v2 root and removes them. Targets, as ratios to the floor measured in the
+//! same rounds: CPU ≤ 1.2x the floor's, user time ≤ 1.5x (milliseconds are printed,
+//! not judged).
 //! The user/system split comes from getrusage, which samples it at clock ticks: it is
 //! noisy for short runs, so the table also shows the total (exact) CPU ratio.
 
@@ -237,22 +239,25 @@ fn main() {
         let floor_normalised = per_1000x6(floor_u + floor_s);
         verdicts.push((
             n,
-            normalised <= 40.0,
+            cpu_ratio,
+            normalised,
             floor_normalised,
             ratio.map(|r| r <= 1.5),
         ));
     }
     println!();
-    for (n, cpu_ok, floor_ms, user_ok) in verdicts {
+    // Judged by ratios to the floor measured in the same rounds; the milliseconds
+    // are printed, not judged (this machine's floor moves from run to run).
+    for (n, cpu_ratio, scan_ms, floor_ms, user_ok) in verdicts {
         let v = |ok: Option<bool>| match ok {
             Some(true) => "PASS",
             Some(false) => "MISS",
             None => "not measurable (floor's user time below clock-tick resolution)",
         };
         println!(
-            "{n:>5} cgroups: ≤ 40 ms per 1000×6 files {} (the floor alone: {floor_ms:.1} ms); \
-             user ≤ 1.5× floor {}",
-            v(Some(cpu_ok)),
+            "{n:>5} cgroups: CPU {cpu_ratio:.2}x the floor's, target ≤ 1.2x: {} \
+             ({scan_ms:.1} vs {floor_ms:.1} ms per 1000×6 files); user ≤ 1.5× floor {}",
+            v(Some(cpu_ratio <= 1.2)),
             v(user_ok)
         );
     }
