@@ -13,8 +13,14 @@ use crate::{
     privilege::{self, CapabilityStatus},
     probes::Probes,
     sample::ProbeStatus,
-    sampler::{kernel_release, resolve_root, SamplerConfig},
+    sampler::{
+        cost::{CostSample, CostWatch},
+        kernel_release, resolve_root, SamplerConfig,
+    },
 };
+
+/// How long `check` watches the attached probes run to tell what they cost.
+pub const COST_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -32,6 +38,10 @@ pub struct CheckReport {
     /// The capabilities cgscope uses, held or not (see `privilege`).
     pub capabilities: Vec<CapabilityStatus>,
     pub probes: Vec<ProbeStatus>,
+    /// What the probes cost the node over [`COST_SAMPLE`] after attaching, against
+    /// `--cost-budget` (the agent's process is idle meanwhile: the scan's and the
+    /// export's share shows in `run`'s windows); `null` when no probe attached.
+    pub cost: Option<CostSample>,
     /// Why cgscope cannot run at all, if it cannot.
     pub fatal: Option<String>,
     pub exit_code: i32,
@@ -67,6 +77,7 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         psi: Path::new("/proc/pressure/cpu").exists(),
         capabilities: privilege::status(),
         probes: Vec::new(),
+        cost: None,
         fatal: None,
         exit_code: 0,
     };
@@ -89,7 +100,16 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
         }
         Err(e) => report.fatal = Some(e.to_string()),
     }
-    report.probes = Probes::attach(&config.probes, v2_root.as_deref()).status();
+    let probes = Probes::attach(&config.probes, v2_root.as_deref());
+    report.probes = probes.status();
+    if report.probes.iter().any(|p| p.attached) {
+        let mut watch = CostWatch::new(config.cost_budget);
+        let cpus = std::thread::available_parallelism().ok().map(usize::from);
+        watch.window(&report.probes, 0.0, cpus);
+        std::thread::sleep(COST_SAMPLE);
+        report.probes = probes.status();
+        report.cost = Some(watch.window(&report.probes, COST_SAMPLE.as_secs_f64(), cpus));
+    }
     let degraded = report.hidden_host_tree.is_some()
         || report.capabilities.iter().any(|c| c.needed && !c.held)
         || !report.btf
@@ -160,10 +180,40 @@ impl std::fmt::Display for CheckReport {
                 writeln!(f, "{:<17} - {note}", "")?;
             }
         }
+        if let Some(cost) = &self.cost {
+            writeln!(f, "probe cost        {}", cost_line(cost))?;
+        }
         if let Some(fatal) = &self.fatal {
             writeln!(f, "cannot run: {fatal}")?;
         }
         let verdict = ["ok", "degraded", "cannot run"][self.exit_code.clamp(0, 2) as usize];
         write!(f, "result            {verdict}")
     }
+}
+
+/// The probes' measured cost against the budget, in one line.
+fn cost_line(cost: &CostSample) -> String {
+    let seconds = COST_SAMPLE.as_secs_f64();
+    let Some(by_probe) = &cost.probe_seconds else {
+        return format!(
+            "not measured: the kernel keeps no run-time statistics for the probes (their notes say why); budget {:.2}% of the node's CPU",
+            cost.budget * 100.0
+        );
+    };
+    let share = cost.node_share.unwrap_or(0.0);
+    let verdict = if share > cost.budget {
+        "OVER the budget"
+    } else {
+        "within the budget"
+    };
+    let detail: Vec<String> = by_probe
+        .iter()
+        .map(|(probe, s)| format!("{probe} {:.1} ms", s * 1e3))
+        .collect();
+    format!(
+        "{:.3}% of the node's CPU over {seconds:.0} s, {verdict} of {:.2}% (--cost-budget); {}",
+        share * 100.0,
+        cost.budget * 100.0,
+        detail.join(", ")
+    )
 }

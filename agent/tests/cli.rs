@@ -152,8 +152,32 @@ fn check_reports_every_probe_attached() {
         );
     }
     assert!(report["btf"].as_bool().unwrap_or(false));
+    // What the probes cost over check's second of watching them: every attached
+    // probe has a run time, and the runq programs ran (this process's switches).
+    let cost = &report["cost"];
+    assert_eq!(cost["budget"].as_f64(), Some(0.01), "{cost}");
+    let share = cost["node_share"].as_f64().expect("node_share");
+    assert!((0.0..1.0).contains(&share), "{cost}");
+    let runq = cost["probe_seconds"]["runq"]
+        .as_f64()
+        .expect("runq's run time");
+    assert!(runq > 0.0, "{cost}");
     let left = programs_left_after(before, Duration::from_secs(5));
     assert!(left.is_empty(), "check left programs loaded: {left:?}");
+    // Under a budget nothing meets, check says so.
+    let out = Command::new(BIN)
+        .args(["check", "--cost-budget", "0.0000001", "--probes", "runq"])
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("probe cost"))
+        .unwrap_or_else(|| panic!("no probe cost line: {text}"));
+    assert!(
+        line.contains("OVER the budget") && line.contains("runq"),
+        "{line}"
+    );
 }
 
 #[test]

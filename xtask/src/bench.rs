@@ -21,6 +21,12 @@ pub enum Bench {
     Net,
     /// One OTLP export of 500 containers vs the Prometheus text of the same series.
     Export,
+    /// The agent with 1,000 idle plus 1,000 / 5,000 busy containers on a pure v2
+    /// node (a VM): CPU, RSS, scrape and OTLP bytes, series per container.
+    Scale,
+    /// cgscope beside PCP (pmcd with the proc and bpf PMDAs, pmlogger) on 100 / 500 /
+    /// 1,000 loaded containers: CPU, RSS, values per container.
+    Agents,
 }
 
 #[derive(clap::Args)]
@@ -30,6 +36,12 @@ pub struct BenchArgs {
     /// Rounds per configuration; the table shows medians.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// `scale`: run on this host's cgroup v2 mount instead of a pure v2 VM.
+    #[arg(long)]
+    pub here: bool,
+    /// `scale`: the busy container counts, one configuration each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000])]
+    pub busy: Vec<usize>,
 }
 
 /// Stops a tool we started (SIGINT to its PID, so runqlat exits cleanly) and waits.
@@ -73,5 +85,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Io => crate::bench_probes::io(args.rounds),
         Bench::Net => crate::bench_probes::net(args.rounds),
         Bench::Export => cmd::cargo(&["bench", "-q", "-p", "cgscope", "--bench", "export"]),
+        Bench::Scale => crate::bench_scale::run(args.here, &args.busy),
+        Bench::Agents => crate::bench_agents::run(args.rounds),
     }
 }

@@ -31,9 +31,9 @@ use crate::{
 };
 
 /// A tool attached during a round: its process and the programs it loaded.
-struct Attached {
-    child: Option<Child>,
-    programs: BTreeSet<u64>,
+pub(crate) struct Attached {
+    pub(crate) child: Option<Child>,
+    pub(crate) programs: BTreeSet<u64>,
 }
 
 /// A counter of `bpftool prog show --json`, which leaves out those still at 0.
@@ -42,7 +42,7 @@ fn counter(program: &serde_json::Value, key: &str) -> u64 {
 }
 
 /// (id → (name, run_cnt, run_time_ns)) of every loaded program.
-fn programs() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
+pub(crate) fn programs() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
     let out = cmd::output(Command::new("bpftool").args(["prog", "show", "--json"]))?;
     let progs: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
     Ok(progs
@@ -58,7 +58,7 @@ fn programs() -> anyhow::Result<BTreeMap<u64, (String, u64, u64)>> {
 }
 
 /// Starts `command` (if any) and waits until the programs it loads stop changing.
-fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
+pub(crate) fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
     let Some(mut command) = command else {
         return Ok(Attached {
             child: None,
@@ -94,7 +94,7 @@ fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
 }
 
 /// Run time (ns) and runs of the programs `ids` between two readings.
-fn cost(
+pub(crate) fn cost(
     ids: &BTreeSet<u64>,
     before: &BTreeMap<u64, (String, u64, u64)>,
     after: &BTreeMap<u64, (String, u64, u64)>,
@@ -321,7 +321,7 @@ const MESSAGES: f64 = 10.0 * 20.0 * 20.0 * 1000.0;
 
 /// Context switches on all CPUs so far (`ctxt` of `/proc/stat`): the `sched_switch`
 /// events, each of which runs the switch program.
-fn context_switches() -> anyhow::Result<u64> {
+pub(crate) fn context_switches() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     stat.lines()
         .find_map(|l| l.strip_prefix("ctxt "))

@@ -1,7 +1,9 @@
 //! Developer tasks: `cargo xtask setup | build | run | test | fuzz | vm | node | bench | lab`.
 
 mod bench;
+mod bench_agents;
 mod bench_probes;
+mod bench_scale;
 mod cmd;
 #[cfg(test)]
 mod containerfile;

@@ -1,7 +1,10 @@
 //! `cargo xtask setup`: installs only what is missing, and says what it did.
 //! Idempotent: a second run checks and does nothing.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _};
 
@@ -93,6 +96,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "export test: Prometheus scrapes /metrics and answers PromQL; promtool lints it",
     ),
+    (
+        "pcp",
+        "cargo xtask bench agents: PCP (pmcd, the proc and bpf PMDAs, pmlogger), the peer",
+    ),
 ];
 
 /// PyPI packages (pinned), with why.
@@ -147,12 +154,13 @@ pub fn run() -> anyhow::Result<()> {
             bail!("missing Debian packages {missing:?} and no apt-get to install them");
         }
         cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
-        cmd::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        let _shim = without_service_manager(&mut install)?;
+        cmd::run(&mut install)?;
         did.push(format!("installed Debian packages {}", missing.join(" ")));
     }
 
@@ -239,4 +247,35 @@ pub fn cargo_fuzz(did: &mut Vec<String>) -> anyhow::Result<()> {
 fn debian_installed(package: &str) -> bool {
     cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|s| s.contains("install ok installed"))
+}
+
+/// Where PID 1 is not systemd (a container, this project's CI machine), a package
+/// whose postinst runs `systemctl start` (pcp's does, without checking that systemd
+/// runs) fails to configure and leaves dpkg half done. Puts first on `command`'s PATH
+/// a `systemctl` that starts nothing; the directory is removed when dropped.
+fn without_service_manager(command: &mut Command) -> anyhow::Result<Option<TempDir>> {
+    let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if pid1.trim() == "systemd" {
+        return Ok(None);
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("cgscope-setup-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let shim = dir.0.join("systemctl");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\n# PID 1 is not systemd: no service to start or reload.\nexit 0\n",
+    )?;
+    cmd::run(Command::new("chmod").arg("755").arg(&shim))?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    command.env("PATH", format!("{}:{path}", dir.0.display()));
+    Ok(Some(dir))
+}
+
+/// A directory removed (with its files) when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -109,7 +109,7 @@ pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
         .filter(|b| b.is_test && is_vm_test(&b.path))
         .filter(|b| args.tests.is_empty() || args.tests.contains(&b.label))
         .collect();
-    let initrd = build_initramfs(&binaries, &tests, &cache)?;
+    let initrd = build_initramfs(&binaries, &run_tests(&tests, ""), &cache)?;
 
     // Fetched one at a time (apt), then booted `lanes` at a time.
     let mut runs = Vec::new();
@@ -122,7 +122,7 @@ pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
     let run = |(kernel, vmlinuz, initrd): &(&Kernel, PathBuf, PathBuf)| {
         let log = cache.join(format!("{}.log", kernel.name));
         let mut env = EnvReport::new(&format!("VM {}", kernel.name));
-        match boot(vmlinuz, initrd, &log, timeout) {
+        match boot(vmlinuz, initrd, &log, timeout, 2048) {
             Ok(()) => match fs::read_to_string(&log) {
                 Ok(text) => read_log(&text, &tests, &mut env),
                 Err(e) => env.problems.push(format!("reading the serial log: {e}")),
@@ -179,11 +179,18 @@ pub struct TestBinary {
 
 /// Builds the test binaries of `packages` and the binaries they run.
 pub fn build_test_binaries(packages: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
-    let mut cargo = cmd::cargo_command();
-    cargo.args(["test", "--no-run", "--message-format=json"]);
+    let mut args = vec!["test"];
     for p in packages {
-        cargo.args(["-p", p]);
+        args.extend(["-p", p]);
     }
+    build_binaries(&args)
+}
+
+/// Builds with `cargo <args> --no-run` (`test` or `bench` and the targets): every
+/// executable it made.
+pub fn build_binaries(args: &[&str]) -> anyhow::Result<Vec<TestBinary>> {
+    let mut cargo = cmd::cargo_command();
+    cargo.args(args).args(["--no-run", "--message-format=json"]);
     let out = cmd::output(&mut cargo)?;
     let mut binaries: Vec<TestBinary> = Vec::new();
     for line in out.lines() {
@@ -276,7 +283,9 @@ fn is_vm_test(binary: &Path) -> bool {
         })
 }
 
-fn init_script(tests: &[&TestBinary]) -> String {
+/// The VM's init: mounts, pure cgroup v2 with the controllers on, the modules, then
+/// `run` (shell) and power off.
+fn init_script(run: &str) -> String {
     format!(
         r#"#!/bin/busybox sh
 # The initramfs root is writable: no tmpfs, which would hide binaries built under /tmp.
@@ -294,9 +303,8 @@ for m in $(cat /lib/modules/load-order 2>/dev/null); do
   case $m in null_blk) insmod /lib/modules/$m.ko nr_devices=1 irqmode=2 completion_nsec=5000000 ;; *) insmod /lib/modules/$m.ko ;; esac
 done
 echo "kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-{run_tests}poweroff -f
-"#,
-        run_tests = run_tests(tests, "")
+{run}poweroff -f
+"#
     )
 }
 
@@ -323,9 +331,11 @@ echo {DONE_MARK}
     )
 }
 
-fn build_initramfs(
+/// The initramfs with `binaries` (at their build paths), their libraries, the tools
+/// and fixtures, and an init that runs `run` (shell).
+pub fn build_initramfs(
     binaries: &[TestBinary],
-    tests: &[&TestBinary],
+    run: &str,
     cache: &Path,
 ) -> anyhow::Result<PathBuf> {
     let root = cache.join("initramfs");
@@ -363,7 +373,7 @@ fn build_initramfs(
         copy_tree(&root, &cmd::workspace_root().join(dir))?;
     }
     let init = root.join("init");
-    fs::write(&init, init_script(tests))?;
+    fs::write(&init, init_script(run))?;
     cmd::run(Command::new("chmod").arg("755").arg(&init))?;
 
     let initrd = cache.join("initrd.cpio.gz");
@@ -462,7 +472,7 @@ fn add_module(
 
 /// The common initramfs followed by a second archive with this kernel's modules
 /// (the kernel unpacks concatenated archives in order).
-fn with_modules(common: &Path, kernel_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn with_modules(common: &Path, kernel_dir: &Path) -> anyhow::Result<PathBuf> {
     let staging = kernel_dir.join("modules-root");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
@@ -483,7 +493,14 @@ fn with_modules(common: &Path, kernel_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(combined)
 }
 
-fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow::Result<()> {
+/// Boots `vmlinuz` with `initrd` and `memory_mib` of RAM until it powers off.
+pub fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+    memory_mib: u32,
+) -> anyhow::Result<()> {
     eprintln!(
         "vm: booting {} (serial log: {})",
         vmlinuz.display(),
@@ -495,7 +512,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
     // 1 of 5 runs under TCG; never on 6.1, never on the host). One vCPU has no
     // cross-CPU text patching.
     let mut args = Command::new("qemu-system-x86_64");
-    args.args(["-m", "2048", "-smp", "1", "-kernel"])
+    args.args(["-m", &memory_mib.to_string(), "-smp", "1", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
