@@ -23,7 +23,7 @@ use axum::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::prometheus::Exposition;
+use super::prometheus::{Encoding, Exposition};
 use crate::{
     cgroup::identity::CgroupKind,
     sample::{CgroupSample, Host, ProbeStatus, Snapshot},
@@ -137,14 +137,8 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
     // Rendering (and compressing) takes milliseconds per thousand series: off the
     // async workers.
     let exposition = state.exposition.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let rendering = exposition.rendering();
-        if gzip {
-            rendering.gzip()
-        } else {
-            rendering.text.clone()
-        }
-    });
+    let encoding = if gzip { Encoding::Gzip } else { Encoding::Text };
+    let body = tokio::task::spawn_blocking(move || exposition.rendering(encoding));
     match body.await {
         Ok(body) => {
             let mut response = (

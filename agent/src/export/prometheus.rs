@@ -8,7 +8,7 @@
 
 use std::{
     fmt::Write as _,
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Mutex, MutexGuard},
 };
 
 use cgscope_common::histogram::{BUCKETS, OTLP_OFFSET, SUB_BUCKETS};
@@ -20,54 +20,41 @@ use super::{
 };
 
 /// The store, shared by the sampler (which updates it) and `/metrics` (which renders
-/// it on scrape, at most once per window: nothing is rendered while nobody scrapes).
+/// it on scrape, at most once per window and encoding: nothing is rendered while
+/// nobody scrapes).
 pub struct Exposition {
     store: Mutex<Store>,
     agent: AgentResource,
-    /// The last rendering and the end of the window it shows.
-    cache: Mutex<(u64, Arc<Rendering>)>,
+    cache: Mutex<Rendered>,
 }
 
-/// One window's exposition: the text, and its gzip made on the first scrape of the
-/// window that accepts it (Prometheus does; the text of a dense node compresses
-/// about twentyfold).
-pub struct Rendering {
-    pub text: bytes::Bytes,
-    gzip: OnceLock<bytes::Bytes>,
+/// How a scraper asked for the exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Text,
+    /// Gzip'd text (Prometheus asks for it; the text of a dense node compresses about
+    /// twentyfold). Rendered straight into the compressor: the text of thousands of
+    /// containers (tens of MB) is never held whole.
+    Gzip,
 }
 
-impl Rendering {
-    fn new(text: String) -> Self {
-        Self {
-            text: text.into(),
-            gzip: OnceLock::new(),
-        }
-    }
-
-    /// The text, gzipped (level 1: a scrape of thousands of containers must not
-    /// wait for the compressor; the ratio at higher levels gains little on text
-    /// this repetitive).
-    pub fn gzip(&self) -> bytes::Bytes {
-        self.gzip
-            .get_or_init(|| {
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.text.len() / 8),
-                    flate2::Compression::fast(),
-                );
-                // Writing to a Vec cannot fail.
-                let _ = std::io::Write::write_all(&mut encoder, &self.text);
-                encoder.finish().unwrap_or_default().into()
-            })
-            .clone()
-    }
+/// The latest window's renderings, each made on the first scrape that asks for it.
+#[derive(Default)]
+struct Rendered {
+    window_end: u64,
+    text: Option<bytes::Bytes>,
+    gzip: Option<bytes::Bytes>,
 }
+
+/// Text handed to the sink at a time while rendering.
+const CHUNK: usize = 64 * 1024;
 
 impl Exposition {
     pub fn new(agent: AgentResource) -> Self {
         Self {
             store: Mutex::new(Store::default()),
             agent,
-            cache: Mutex::new((0, Arc::new(Rendering::new(String::new())))),
+            cache: Mutex::new(Rendered::default()),
         }
     }
 
@@ -81,18 +68,40 @@ impl Exposition {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The exposition of the latest window (blocking: call off the async runtime).
-    pub fn rendering(&self) -> Arc<Rendering> {
+    /// The exposition of the latest window in `encoding` (blocking: call off the
+    /// async runtime).
+    pub fn rendering(&self, encoding: Encoding) -> bytes::Bytes {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let store = self.store();
-        if cache.0 != store.window_end_unix_nano {
-            *cache = (
-                store.window_end_unix_nano,
-                Arc::new(Rendering::new(render(&store, &self.agent))),
-            );
+        if cache.window_end != store.window_end_unix_nano {
+            *cache = Rendered {
+                window_end: store.window_end_unix_nano,
+                ..Rendered::default()
+            };
         }
-        cache.1.clone()
+        let slot = match encoding {
+            Encoding::Text => &mut cache.text,
+            Encoding::Gzip => &mut cache.gzip,
+        };
+        slot.get_or_insert_with(|| match encoding {
+            Encoding::Text => render(&store, &self.agent).into(),
+            Encoding::Gzip => gzip_rendering(&store, &self.agent).into(),
+        })
+        .clone()
     }
+}
+
+/// The exposition rendered into gzip (level 1: a scrape of thousands of containers
+/// must not wait for the compressor, and higher levels gain little on text this
+/// repetitive).
+fn gzip_rendering(store: &Store, agent: &AgentResource) -> Vec<u8> {
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(CHUNK), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    render_into(store, agent, &mut |chunk| {
+        let _ = std::io::Write::write_all(&mut encoder, chunk.as_bytes());
+    });
+    encoder.finish().unwrap_or_default()
 }
 
 /// Prometheus name of a metric.
@@ -164,7 +173,14 @@ fn le(k: i32) -> String {
 
 /// The whole exposition.
 pub fn render(store: &Store, agent: &AgentResource) -> String {
-    let mut out = String::with_capacity(64 * 1024);
+    let mut text = String::new();
+    render_into(store, agent, &mut |chunk| text.push_str(chunk));
+    text
+}
+
+/// The whole exposition, handed to `sink` in pieces of about [`CHUNK`] bytes.
+fn render_into(store: &Store, agent: &AgentResource, sink: &mut dyn FnMut(&str)) {
+    let mut out = String::with_capacity(CHUNK + 4096);
     out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\ntarget_info");
     let mut first = true;
     for (k, v) in &agent.0 {
@@ -195,6 +211,10 @@ pub fn render(store: &Store, agent: &AgentResource) -> String {
         let _ = writeln!(out, "# HELP {name} {}", metric.description);
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (resource, s) in &series[start..end] {
+            if out.len() >= CHUNK {
+                sink(&out);
+                out.clear();
+            }
             match &s.total {
                 Value::Int(_) | Value::Double(_) => {
                     out.push_str(&name);
@@ -228,7 +248,7 @@ pub fn render(store: &Store, agent: &AgentResource) -> String {
             }
         }
     }
-    out
+    sink(&out);
 }
 
 #[cfg(test)]
@@ -236,16 +256,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gzip_of_a_rendering_is_its_text() {
-        let text = "container_cpu_time_seconds_total{a=\"b\"} 1\n".repeat(1000);
-        let rendering = Rendering::new(text.clone());
-        let gzip = rendering.gzip();
-        assert!(gzip.len() * 20 < text.len(), "{} bytes of gzip", gzip.len());
+    fn the_gzip_rendering_is_the_text_rendering() {
+        use crate::export::{
+            filter::Filter,
+            points::AgentSample,
+            store::tests::{cgroup, snapshot},
+        };
+        let cgroups = (1..=300)
+            .map(|i| cgroup(i, 1.0, &[1_000, 2_000_000]))
+            .collect();
+        let mut store = Store::default();
+        store.update(
+            &snapshot(10.0, cgroups),
+            &AgentSample::default(),
+            &Filter::default(),
+        );
+        let agent = AgentResource(vec![("service.name".to_owned(), "cgscope".to_owned())]);
+        let text = render(&store, &agent);
+        assert!(
+            text.len() > 4 * CHUNK,
+            "{} bytes: several chunks",
+            text.len()
+        );
+        let gzip = gzip_rendering(&store, &agent);
+        assert!(gzip.len() * 10 < text.len(), "{} bytes of gzip", gzip.len());
         let mut back = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut back)
             .expect("gunzip");
         assert_eq!(back, text);
-        assert_eq!(rendering.gzip(), gzip, "made once");
     }
 
     #[test]
