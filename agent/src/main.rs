@@ -335,16 +335,7 @@ fn sample_loop(
         let snapshot = sampler.sample(None);
         let scan = started.elapsed();
         exporter.window(&snapshot, scan);
-        match serde_json::to_string(&snapshot) {
-            Ok(json) => {
-                latest.send_replace(Some(Arc::new(Published {
-                    snapshot,
-                    json: json.into(),
-                    at: Instant::now(),
-                })));
-            }
-            Err(e) => log::error!("cannot serialise the snapshot: {e}"),
-        }
+        latest.send_replace(Some(Arc::new(Published::new(snapshot))));
     }
 }
 

@@ -86,11 +86,7 @@ fn api() -> &'static Api {
                 ),
             ],
         };
-        let published = Published {
-            json: Default::default(),
-            snapshot: snapshot.clone(),
-            at: Instant::now(),
-        };
+        let published = Published::new(snapshot.clone());
         let (sender, latest) = watch::channel(Some(Arc::new(published)));
         let state = ApiState {
             latest,

@@ -9,7 +9,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -33,10 +33,34 @@ use crate::{
 #[derive(Debug)]
 pub struct Published {
     pub snapshot: Snapshot,
-    /// The whole snapshot as JSON, serialised once; each request shares it.
-    pub json: bytes::Bytes,
+    /// The whole snapshot as JSON, serialised on the window's first request for it
+    /// (megabytes on a dense node: not made while nobody asks); later requests
+    /// share it.
+    json: OnceLock<Result<bytes::Bytes, String>>,
     /// When the window ended.
     pub at: Instant,
+}
+
+impl Published {
+    /// The window that just ended.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot,
+            json: OnceLock::new(),
+            at: Instant::now(),
+        }
+    }
+
+    /// The whole snapshot as JSON (blocking: call off the async runtime).
+    pub fn json(&self) -> Result<bytes::Bytes, String> {
+        self.json
+            .get_or_init(|| {
+                serde_json::to_vec(&self.snapshot)
+                    .map(Into::into)
+                    .map_err(|e| format!("cannot serialise the snapshot: {e}"))
+            })
+            .clone()
+    }
 }
 
 /// The latest window; `None` until the first one ends.
@@ -189,9 +213,19 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 async fn snapshot(State(latest): State<Latest>) -> Response {
-    match latest.borrow().clone() {
-        Some(p) => ([(header::CONTENT_TYPE, "application/json")], p.json.clone()).into_response(),
-        None => not_ready(),
+    let Some(published) = latest.borrow().clone() else {
+        return not_ready();
+    };
+    match tokio::task::spawn_blocking(move || published.json()).await {
+        Ok(Ok(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(Err(e)) => {
+            log::error!("{e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("serialising the snapshot failed: {e}"),
+        ),
     }
 }
 
