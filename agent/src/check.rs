@@ -104,7 +104,12 @@ pub fn run(config: &SamplerConfig) -> CheckReport {
     report.probes = probes.status();
     if report.probes.iter().any(|p| p.attached) {
         let mut watch = CostWatch::new(config.cost_budget);
-        let cpus = std::thread::available_parallelism().ok().map(usize::from);
+        // The node's CPUs, as the agent's windows count them (`/proc/stat`), not those
+        // this process may use.
+        let cpus = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|text| crate::host::parse_proc_stat_cpus(&text).ok())
+            .map(|cpus| cpus.len());
         watch.window(&report.probes, 0.0, cpus);
         std::thread::sleep(COST_SAMPLE);
         report.probes = probes.status();
