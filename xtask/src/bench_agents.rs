@@ -202,14 +202,26 @@ impl Agent {
     }
 }
 
-/// A private pmcd's files: the namespace of the PMDAs it runs and its config.
-fn pcp_dir() -> anyhow::Result<PathBuf> {
+/// A directory removed, with what is in it, when dropped (however the bench ends).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A private pmcd's files: the namespace of the PMDAs it runs, its config, the PMDAs'
+/// logs and pmlogger's archives.
+fn pcp_dir() -> anyhow::Result<Scratch> {
     for tool in ["pmcd", "pmlogger", "pmnsmerge"] {
         if !Path::new(PCP_BIN).join(tool).exists() {
             bail!("{PCP_BIN}/{tool} is missing: install Debian's pcp (cargo xtask setup)");
         }
     }
-    let dir = std::env::temp_dir().join(format!("cgscope-bench-pcp-{}", std::process::id()));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("cgscope-bench-pcp-{}", std::process::id())));
+    let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir)?;
     let pmns = Path::new("/var/lib/pcp/pmns");
     let root = dir.join("root");
@@ -234,7 +246,7 @@ fn pcp_dir() -> anyhow::Result<PathBuf> {
         dir.join("pmlogger.conf"),
         "log mandatory on every 10 seconds {\n    cgroup\n    bpf\n}\n",
     )?;
-    Ok(dir)
+    Ok(scratch)
 }
 
 /// Runs one agent for a warm-up window and [`MEASURED_WINDOWS`] more, with the load
@@ -410,7 +422,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     let agents = [
         Agent::Nothing,
         Agent::Cgscope { binary },
-        Agent::Pcp { dir: pcp.clone() },
+        Agent::Pcp { dir: pcp.0.clone() },
     ];
     let mut table: Vec<(usize, &'static str, Vec<Round>)> = Vec::new();
     for size in SIZES {
@@ -441,7 +453,6 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             table.push((size, agent.label(), results));
         }
     }
-    let _ = std::fs::remove_dir_all(&pcp);
     report(&table, rounds)
 }
 
