@@ -37,7 +37,7 @@ use crate::{
     bench_probes::{attach, context_switches, cost, programs},
     cmd,
 };
-use process::{cpu_seconds, get, status_mib};
+use process::{cgroup_path, cpu_seconds, get, stat_fields, status_mib};
 
 const SIZES: [usize; 3] = [100, 500, 1_000];
 const WINDOW: Duration = Duration::from_secs(10);
@@ -148,22 +148,12 @@ fn children(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let parent = parent.to_string();
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()
-                })
-                == Some(parent)
-        })
+        // The parent's PID follows the state.
+        .filter(|&pid| stat_fields(pid).get(1) == Some(&parent))
         .collect()
 }
 
@@ -341,11 +331,7 @@ fn round(agent: &Agent, fleet: &containers::Containers, root: &Path) -> anyhow::
     let (bpf_ns, _) = cost(&attached.programs, &programs_before, &programs_after);
     r.bpf_mcpu = bpf_ns as f64 / 1e9 / seconds * 1e3;
     r.bpf_ns_per_switch = bpf_ns as f64 / switches.max(1) as f64;
-    let paths: Vec<String> = fleet
-        .dirs()
-        .iter()
-        .filter_map(|d| Some(format!("/{}", d.strip_prefix(root).ok()?.display())))
-        .collect();
+    let paths = fleet.paths(root);
     match agent {
         Agent::Cgscope { .. } => {
             let text = String::from_utf8_lossy(&get(&listen, "/metrics", false).1).into_owned();
@@ -365,11 +351,8 @@ fn round(agent: &Agent, fleet: &containers::Containers, root: &Path) -> anyhow::
 fn cgscope_values(text: &str, paths: &[String]) -> (f64, usize) {
     let mut series: BTreeMap<&str, usize> = BTreeMap::new();
     let mut histograms = std::collections::BTreeSet::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(path) = line
-            .split_once("cgscope_cgroup_path=\"")
-            .and_then(|(_, rest)| Some(rest.split_once('"')?.0))
-        else {
+    for line in text.lines() {
+        let Some(path) = cgroup_path(line) else {
             continue;
         };
         *series.entry(path).or_default() += 1;
@@ -378,11 +361,11 @@ fn cgscope_values(text: &str, paths: &[String]) -> (f64, usize) {
             histograms.insert(name.to_owned());
         }
     }
-    let counts = paths
+    let mut counts: Vec<f64> = paths
         .iter()
         .map(|p| series.get(p.as_str()).copied().unwrap_or(0) as f64)
-        .collect::<Vec<_>>();
-    (median(&mut counts.clone()), histograms.len())
+        .collect();
+    (median(&mut counts), histograms.len())
 }
 
 /// Metric instances per container (median) in PCP's cgroup.* and bpf.* metrics
@@ -391,12 +374,14 @@ fn pcp_values(host: &str, paths: &[String]) -> anyhow::Result<(f64, usize)> {
     let out = cmd::output(Command::new("pmprobe").args(["-h", host, "-I", "cgroup", "bpf"]))?;
     let mut per_path: BTreeMap<&str, usize> = BTreeMap::new();
     let mut latency = std::collections::BTreeSet::new();
+    // Instance names are quoted in pmprobe's output.
+    let quoted: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
     for line in out.lines() {
         let Some((metric, rest)) = line.split_once(' ') else {
             continue;
         };
-        for path in paths {
-            if rest.contains(&format!("\"{path}\"")) {
+        for (path, quoted) in paths.iter().zip(&quoted) {
+            if rest.contains(quoted.as_str()) {
                 *per_path.entry(path.as_str()).or_default() += 1;
                 if metric.starts_with("bpf.") {
                     latency.insert(metric.to_owned());

@@ -38,9 +38,13 @@ impl Containers {
         Ok(())
     }
 
-    /// Every container's cgroup directory.
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
+    /// Every container's cgroup path below `root` (`/slice/docker-<id>.scope`), as the
+    /// agent names it.
+    pub fn paths(&self, root: &Path) -> Vec<String> {
+        self.dirs
+            .iter()
+            .filter_map(|d| Some(format!("/{}", d.strip_prefix(root).ok()?.display())))
+            .collect()
     }
 }
 

@@ -1,5 +1,5 @@
 //! What the agent benches read about an agent they run: its CPU time and memory from
-//! /proc, and its HTTP API. Shared by the scale bench and `cargo xtask bench agents`,
+//! /proc, its HTTP API, and the cgroup each line of its `/metrics` is about. Shared by the scale bench and `cargo xtask bench agents`,
 //! which includes this file.
 
 use std::{
@@ -7,12 +7,18 @@ use std::{
     time::Duration,
 };
 
+/// The fields of /proc/<pid>/stat after the command name (the state first); empty
+/// once the process is gone.
+pub fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
+        rest.split_whitespace().map(str::to_owned).collect()
+    })
+}
+
 /// user+system CPU seconds of `pid` so far (all its threads); 0 once it is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let fields = stat_fields(pid);
     // After the comm: utime and stime are the 12th and 13th fields (man proc).
     let ticks: f64 = [11, 12]
         .iter()
@@ -59,4 +65,14 @@ pub fn get(addr: &str, path: &str, gzip: bool) -> (u16, Vec<u8>) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response[end + 4..].to_vec())
+}
+
+/// The cgroup a line of the agent's `/metrics` text is about (its
+/// `cgscope_cgroup_path` label); `None` for the node's series and comments.
+pub fn cgroup_path(line: &str) -> Option<&str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (_, rest) = line.split_once("cgscope_cgroup_path=\"")?;
+    Some(rest.split_once('"')?.0)
 }
