@@ -238,7 +238,9 @@ pub struct NetworkSample {
 
 /// Inode of the network namespace `pid` is in.
 pub fn netns_of(pid: u32) -> std::io::Result<u64> {
-    let link = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    let path = format!("/proc/{pid}/ns/net");
+    crate::cgroup::trace::note(|| crate::cgroup::trace::Call::Stat(path.clone().into()));
+    let link = std::fs::metadata(path)?;
     // A namespace is an nsfs file. Where the caller may not follow the link (another
     // user's process without CAP_SYS_PTRACE) 6.18 refuses, but Debian's 6.12 resolves
     // it to a directory: the same refusal, not a namespace.

@@ -3,7 +3,7 @@
 mod bench;
 mod bench_agents;
 mod bench_probes;
-mod bench_scale;
+mod bench_vm;
 mod cmd;
 #[cfg(test)]
 mod containerfile;

@@ -26,6 +26,7 @@ impl Containers {
         let slice = root.join(slice);
         std::fs::create_dir(&slice)?;
         self.slices.push(slice.clone());
+        enable_controllers(&slice)?;
         for i in 0..n {
             let id = (i as u128) << 64 | self.dirs.len() as u128;
             let dir = slice.join(format!("docker-{id:064x}.scope"));
@@ -46,6 +47,21 @@ impl Containers {
             .filter_map(|d| Some(format!("/{}", d.strip_prefix(root).ok()?.display())))
             .collect()
     }
+}
+
+/// Enables in `dir`'s children every controller `dir` has, as a node's container
+/// manager does for its slices: then each container has the cpu, memory, io and pids
+/// files an agent reads on a real node (none on a hybrid host's v2 mount).
+pub fn enable_controllers(dir: &Path) -> io::Result<()> {
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let enable: Vec<String> = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    if enable.is_empty() {
+        return Ok(());
+    }
+    std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
 }
 
 impl Drop for Containers {

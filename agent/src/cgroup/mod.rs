@@ -11,6 +11,7 @@ pub mod mount;
 pub mod pids;
 pub mod pressure;
 pub mod stats;
+pub mod trace;
 pub mod tree;
 
 use std::{os::fd::FromRawFd, path::Path};
@@ -62,6 +63,7 @@ pub fn io_reason(e: &std::io::Error) -> &'static str {
 /// `Ok(false)`: the file does not exist, or the cgroup was removed while reading.
 pub fn read_file(dir: &Path, name: &str, buf: &mut String) -> Result<bool, CgroupError> {
     let path = dir.join(name);
+    trace::note(|| trace::Call::Read(path.clone()));
     let result = std::fs::File::open(&path).and_then(|f| read_all(f, buf));
     gone_or(result, || path.display().to_string())
 }
@@ -93,6 +95,7 @@ impl CgroupDirFd {
     /// that cannot be opened now (out of descriptors, say).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         use nix::{fcntl::OFlag, sys::stat::Mode};
+        trace::note(|| trace::Call::OpenDir(dir.to_path_buf()));
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let raw = nix::fcntl::open(dir, flags, Mode::empty())?;
         // SAFETY: `raw` was just opened and is owned by nothing else.
@@ -106,6 +109,7 @@ impl CgroupDirFd {
         use std::os::fd::{AsRawFd, FromRawFd};
 
         use nix::{fcntl::OFlag, sys::stat::Mode};
+        trace::note(|| trace::Call::ReadAt(name.to_owned()));
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
         let result = nix::fcntl::openat(Some(self.fd.as_raw_fd()), name, flags, Mode::empty())
             .map_err(std::io::Error::from)

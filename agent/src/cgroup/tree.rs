@@ -20,6 +20,7 @@ struct Listing(NonNull<libc::DIR>);
 
 impl Listing {
     fn open(dir: &Path) -> std::io::Result<Self> {
+        super::trace::note(|| super::trace::Call::List(dir.to_path_buf()));
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(dir, flags, Mode::empty())?;
         // SAFETY: `fd` is an open directory owned by nothing else; on success the
