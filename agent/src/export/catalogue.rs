@@ -48,13 +48,27 @@ pub struct Metric {
     pub source: &'static str,
     /// The cAdvisor or coroot metric it replaces, if any.
     pub replaces: &'static str,
+    /// A gauge whose zero says only that nothing happened (a kind of page the
+    /// container never had, swap never used): like a counter, a cgroup's series
+    /// exists once it has been non-zero.
+    pub sparse: bool,
+}
+
+macro_rules! sparse {
+    () => {
+        false
+    };
+    (sparse) => {
+        true
+    };
 }
 
 macro_rules! metrics {
-    ($list:ident; $($id:ident: $name:literal, $inst:ident, $unit:literal, [$($attr:literal),*], $source:literal, $replaces:literal, $desc:literal;)*) => {
+    ($list:ident; $($id:ident: $name:literal, $inst:ident $($sparse:ident)?, $unit:literal, [$($attr:literal),*], $source:literal, $replaces:literal, $desc:literal;)*) => {
         $(pub const $id: Metric = Metric {
             name: $name,
             instrument: Instrument::$inst,
+            sparse: sparse!($($sparse)?),
             unit: $unit,
             description: $desc,
             attributes: &[$($attr),*],
@@ -87,11 +101,11 @@ metrics! { CGROUP_METRICS;
         "Memory charged to the cgroup, page cache included.";
     MEMORY_WORKING_SET: "container.memory.working_set", Gauge, "By", [], "memory.current - memory.stat inactive_file", "container_memory_working_set_bytes",
         "Memory that cannot be reclaimed without IO: usage minus inactive file pages.";
-    MEMORY_STAT: "container.memory.state", Gauge, "By", ["memory.state"], "memory.stat anon, file, kernel, sock, shmem, file_mapped, file_dirty, file_writeback", "container_memory_rss, container_memory_cache, container_memory_mapped_file, container_memory_kernel_usage",
+    MEMORY_STAT: "container.memory.state", Gauge sparse, "By", ["memory.state"], "memory.stat anon, file, kernel, sock, shmem, file_mapped, file_dirty, file_writeback", "container_memory_rss, container_memory_cache, container_memory_mapped_file, container_memory_kernel_usage",
         "Memory by kind of page.";
     MEMORY_LIMIT: "container.memory.limit", Gauge, "By", [], "memory.max", "container_spec_memory_limit_bytes",
         "Memory limit (absent without a limit).";
-    MEMORY_SWAP: "container.memory.swap", Gauge, "By", [], "memory.swap.current", "container_memory_swap",
+    MEMORY_SWAP: "container.memory.swap", Gauge sparse, "By", [], "memory.swap.current", "container_memory_swap",
         "Swap used by the cgroup.";
     MEMORY_PAGE_FAULTS: "container.memory.page_faults", Counter, "{fault}", ["system.paging.type"], "memory.stat pgfault, pgmajfault", "container_memory_failures_total",
         "Page faults, minor and major.";
@@ -268,7 +282,9 @@ pub fn markdown() -> String {
          When a series appears and goes: a cgroup's gauge from its first exported window; \
          a cgroup's counter or histogram only once it has counted something (an idle \
          container's never-woken run-queue histogram or never-throttled counter is not \
-         exported, in OTLP or Prometheus), then in every window after, empty or not. A \
+         exported, in OTLP or Prometheus), then in every window after, empty or not; so \
+         do the gauges marked *sparse* below, whose zero says only that nothing happened \
+         (a kind of page the container never had, swap never used), once non-zero. A \
          series goes stale when its cgroup is removed (its last window is exported once) \
          or its source stops giving a value; back, it starts again with a new start time. \
          The node's series (`system.*`, `cgscope.*`) are always exported. `/metrics` is \
@@ -280,9 +296,10 @@ pub fn markdown() -> String {
         let attributes: Vec<String> = m.attributes.iter().map(|a| format!("`{a}`")).collect();
         let _ = writeln!(
             out,
-            "| `{}` | {} | `{}` | {} | {} | {} | {} |",
+            "| `{}` | {}{} | `{}` | {} | {} | {} | {} |",
             m.name,
             m.instrument.as_str(),
+            if m.sparse { " (sparse)" } else { "" },
             m.unit,
             attributes.join(", "),
             m.source,

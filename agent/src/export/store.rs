@@ -300,11 +300,12 @@ impl<'a> Window<'a> {
     }
 
     /// A cgroup's counter or histogram that has counted nothing since the agent
-    /// started: it gets no series until it does (an idle container's never-woken
-    /// run-queue histogram or never-throttled counter costs no series downstream).
-    /// A series that exists continues through empty windows.
+    /// started, or sparse gauge that has been zero since: it gets no series until it
+    /// does (an idle container's never-woken run-queue histogram, never-throttled
+    /// counter or never-used swap costs no series downstream). A series that exists
+    /// continues through empty windows.
     fn never_counted(&self, key: ResourceKey, p: &Point<'_>) -> bool {
-        let counter = p.metric.instrument == Instrument::Counter;
+        let counter = p.metric.instrument == Instrument::Counter || p.metric.sparse;
         let empty = match &p.value {
             PointValue::Histogram(h) => h.count == 0,
             PointValue::Int(n) | PointValue::TotalInt(n) => counter && *n == 0,
@@ -506,6 +507,52 @@ pub(crate) mod tests {
             (&cpu.total, &cpu.window),
             (&Value::Double(0.5), &Value::Double(0.0))
         );
+    }
+
+    #[test]
+    fn a_sparse_gauge_exists_once_non_zero_and_a_plain_one_at_once() {
+        let (mut store, agent, filter) =
+            (Store::default(), AgentSample::default(), Filter::default());
+        let with_memory = |anon: u64, swap: u64| CgroupSample {
+            memory: Some(crate::sample::MemorySample {
+                current_bytes: Some(anon),
+                anon_bytes: Some(anon),
+                shmem_bytes: Some(0),
+                swap_current_bytes: Some(swap),
+                ..Default::default()
+            }),
+            ..cgroup(1, 0.0, &[])
+        };
+        let state = |store: &Store, kind: &str| {
+            store.resources[&ResourceKey::Cgroup(1)]
+                .series
+                .values()
+                .find(|s| {
+                    s.metric.name == "container.memory.state"
+                        && s.attributes.iter().any(|(_, v)| v == kind)
+                })
+                .map(|s| s.window.clone())
+        };
+        store.update(
+            &snapshot(100.0, vec![with_memory(4096, 0)]),
+            &agent,
+            &filter,
+        );
+        assert!(series(&store, 1, "container.memory.usage").is_some());
+        assert_eq!(state(&store, "anon"), Some(Value::Int(4096)));
+        assert_eq!(state(&store, "shmem"), None, "never non-zero");
+        assert!(series(&store, 1, "container.memory.swap").is_none());
+        store.update(
+            &snapshot(110.0, vec![with_memory(4096, 8192)]),
+            &agent,
+            &filter,
+        );
+        assert!(series(&store, 1, "container.memory.swap").is_some());
+        // Back to zero: the series stays, with its zero.
+        store.update(&snapshot(120.0, vec![with_memory(0, 0)]), &agent, &filter);
+        let swap = series(&store, 1, "container.memory.swap").expect("swap stays");
+        assert_eq!(swap.window, Value::Int(0));
+        assert_eq!(state(&store, "anon"), Some(Value::Int(0)));
     }
 
     #[test]
