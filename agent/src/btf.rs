@@ -5,6 +5,11 @@
 //! hdr_len, type_off, type_len, str_off, str_len`), then `struct btf_type` records
 //! (`name_off, info, size|type`) each followed by kind-specific data, and a string
 //! table. Type ids start at 1 in record order.
+//!
+//! aya parses the same BTF to attach and relocate the programs, but its types
+//! (aya-obj 0.3's `Btf`, `Struct`, `BtfMember`) keep members and their offsets
+//! crate-private: it can find a struct, not read its layout. Hence this reader, for
+//! offsets only.
 
 use std::collections::HashMap;
 

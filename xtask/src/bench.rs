@@ -79,6 +79,10 @@ impl Drop for BpfStats {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     crate::setup::run()?;
+    if matches!(args.bench, Bench::Runq | Bench::Io | Bench::Net) {
+        // Their floors are bpftrace programs.
+        crate::bench_probes::mount_tracefs()?;
+    }
     match args.bench {
         Bench::Runq => crate::bench_probes::runq(args.rounds),
         // In-process (thread CPU time, a counting allocator): a cargo bench target.

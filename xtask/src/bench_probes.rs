@@ -66,9 +66,11 @@ pub(crate) fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
         });
     };
     let before: BTreeSet<u64> = programs()?.into_keys().collect();
+    // What the tool says when it fails to load is the only clue: kept to be shown.
+    let mut stderr = tempfile_for_stderr()?;
     let child = command
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr.try_clone()?)
         .spawn()?;
     let started = Instant::now();
     let mut seen = BTreeSet::new();
@@ -90,7 +92,43 @@ pub(crate) fn attach(command: Option<Command>) -> anyhow::Result<Attached> {
         }
     }
     stop(Some(child));
-    bail!("{command:?} loaded no programs within 30 s")
+    let mut said = String::new();
+    use std::io::Seek as _;
+    stderr.rewind()?;
+    let _ = stderr.read_to_string(&mut said);
+    bail!(
+        "{command:?} loaded no programs within 30 s; it said: {}",
+        said.trim()
+    )
+}
+
+/// An unnamed file (already unlinked) to take a child's stderr.
+fn tempfile_for_stderr() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("cgscope-bench-stderr-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// bpftrace finds tracepoints in tracefs, which not every host mounts (this one
+/// may not after a reboot): mounted at its usual place if absent.
+pub(crate) fn mount_tracefs() -> anyhow::Result<()> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").exists() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("mount")
+            .args(["-t", "tracefs", "tracefs"])
+            .arg(tracing),
+    )
+    .context("mounting tracefs for bpftrace (needs root)")
 }
 
 /// Run time (ns) and runs of the programs `ids` between two readings.
