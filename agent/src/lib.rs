@@ -8,6 +8,7 @@ pub mod config;
 pub mod export;
 pub mod histogram;
 pub mod host;
+pub mod measure;
 pub mod metadata;
 pub mod net;
 pub mod playbook;

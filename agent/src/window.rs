@@ -19,7 +19,7 @@ use crate::{
     net::NetworkSample,
     probes::{
         oom::OomKill,
-        window::{IoWindow, TcpWindow},
+        reader::{IoWindow, TcpWindow},
     },
     sample::{
         Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,

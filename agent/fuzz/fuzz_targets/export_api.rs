@@ -19,7 +19,7 @@ use cgscope::{
         resource::AgentResource,
     },
     host::HostSample,
-    playbook::run::targets,
+    measure::targets,
     sample::{CgroupSample, ContainerSample, Host, Snapshot, SCHEMA},
 };
 use libfuzzer_sys::fuzz_target;

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(playbook) = parse_block("fuzz", page) {
         // Every measure a parsed playbook names exists.
         for check in &playbook.checks {
-            assert!(cgscope::playbook::measure::find(&check.measure).is_some());
+            assert!(cgscope::measure::find(&check.measure).is_some());
         }
     }
 });

@@ -1,12 +1,13 @@
 //! Executable playbooks: each page in `playbooks/` is both the human procedure and,
 //! in its ```` ```cgscope-playbook ```` block, the checks the engine runs (which
-//! [measure](measure), what thresholds, what it means, what to run next). The pages
+//! [measure](crate::measure), what thresholds, what it means, what to run next). The pages
 //! are compiled into the binary, so the agent and its documentation cannot disagree.
 
-pub mod measure;
 pub mod run;
 
 use serde::{Deserialize, Serialize};
+
+use crate::measure;
 
 /// The pages, by file name.
 const PAGES: &[(&str, &str)] = &[

@@ -8,10 +8,10 @@ pub mod cost;
 mod memlock;
 pub mod oom;
 mod prealloc;
+pub mod reader;
 pub mod runq;
 pub mod sys;
 pub mod tcp;
-pub mod window;
 
 use std::{collections::BTreeMap, path::Path};
 

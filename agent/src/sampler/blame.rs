@@ -12,7 +12,7 @@ use crate::{
         identity::{self, CgroupKind},
         tree::CgroupDir,
     },
-    probes::window::ProbeWindow,
+    probes::reader::ProbeWindow,
     sample::{BlameCauses, CgroupSample, Culprit, RunqBlame, MAX_CULPRITS},
 };
 

@@ -33,7 +33,7 @@ use crate::{
     net::NetnsReader,
     probes::{
         self,
-        window::{ProbeReader, ProbeWindow},
+        reader::{ProbeReader, ProbeWindow},
         ProbeConfig, Probes,
     },
     sample::{Bounds, CgroupSample, ContainerSample, Host, Snapshot, Unreadable, SCHEMA},

@@ -8,7 +8,7 @@ use crate::{
     net::NetworkSample,
     probes::{
         self,
-        window::{ProbeReader, ProbeWindow},
+        reader::{ProbeReader, ProbeWindow},
         Probes,
     },
     sample::{CgroupSample, MemorySample},

@@ -1,6 +1,6 @@
 //! `cgscope top`: the node's containers (or pods) in one table, one row each, sorted
 //! by any column, refreshed every window; a row's details with its latency
-//! histograms. The columns are playbook [measures](crate::playbook::measure): the
+//! histograms. The columns are playbook [measures](crate::measure): the
 //! numbers `top` shows are the ones the playbooks judge. `--once` (and any stdout
 //! that is not a terminal) prints the table once as plain text.
 
@@ -11,10 +11,7 @@ use std::fmt::Write as _;
 use crate::{
     cgroup::identity::CgroupKind,
     histogram::LatencySummary,
-    playbook::{
-        measure::{self, Measure, Scope, Unit},
-        run::targets,
-    },
+    measure::{self, targets, Measure, Scope, Unit},
     sample::{CgroupSample, RunqBlame, Snapshot},
     text::escape,
 };

@@ -1,7 +1,12 @@
-//! The measures a playbook check can name: each turns one cgroup's window into one
-//! number with a unit (and, for per-device or per-CPU measures, where it was worst).
-//! Checks (in `playbooks/*.md`) hold the thresholds; this file only knows how to
-//! compute the numbers.
+//! The measures playbook checks name and `top`'s columns show: each turns one
+//! cgroup's window into one number with a unit (and, for per-device or per-CPU
+//! measures, where it was worst). Checks (in `playbooks/*.md`) hold the thresholds;
+//! this module only knows how to compute the numbers, and which cgroups a selector
+//! names ([`select`]).
+
+mod select;
+
+pub use select::{selects, targets};
 
 use crate::{
     cgroup::identity::CgroupKind,

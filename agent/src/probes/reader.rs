@@ -1,6 +1,7 @@
-//! What the probes measured per cgroup in one window: the difference between two
-//! readings of the kernel maps, per cgroup id. Windows add up, so a parent's can
-//! include its descendants' (as `cpu.stat` and `io.stat` do).
+//! Reading the probes' kernel maps, and what they measured per cgroup in one window:
+//! the difference between two readings, per cgroup id. Windows add up, so a parent's
+//! can include its descendants' (as `cpu.stat` and `io.stat` do). (`crate::window`
+//! does the same for the cgroup files.)
 
 use std::collections::HashMap;
 
