@@ -243,8 +243,9 @@ fn the_switch_program_runs_once_per_context_switch() {
     );
     // A switch or two per CPU may fall between a counter's update and its read,
     // and the kernel skips a program's run now and then (614 runs for 616 switches
-    // on the host once): a few, and 0.5 %.
-    let slack = 4 + least / 200;
+    // on the host once, 562 for 569 in a CI run with the other core busy): a few,
+    // and 1.5 %. A program attached to another hook, or counted twice, is far out.
+    let slack = 4 + least * 3 / 200;
     assert!(
         runs + slack >= least && runs <= most + slack,
         "{runs} runs, outside the {least}-{most} context switches around them"
