@@ -1,8 +1,8 @@
 //! `cargo xtask bench cgroups`: CPU time and allocations of one full scan of N
 //! cgroups, against the floor the kernel sets: the scan's own filesystem calls on this
 //! host (recorded by `cgroup::trace`: the same directories listed, the same files
-//! opened and read, whatever controllers and kernel the host has), replayed bare. Run as root; creates the cgroups
-//! under the v2 root and removes them. Targets, as ratios to the floor measured in the
+//! opened and read, whatever controllers and kernel the host has), replayed bare.
+//! Run as root; creates the cgroups under the v2 root and removes them. Targets, as ratios to the floor measured in the
 //! same rounds: CPU ≤ 1.2x the floor's, user time ≤ 1.5x (milliseconds are printed,
 //! not judged).
 //! The user/system split comes from getrusage, which samples it at clock ticks: it is

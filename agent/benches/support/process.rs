@@ -1,6 +1,6 @@
 //! What the agent benches read about an agent they run: its CPU time and memory from
-//! /proc, its HTTP API, and the cgroup each line of its `/metrics` is about. Shared by the scale bench and `cargo xtask bench agents`,
-//! which includes this file.
+//! /proc, its HTTP API, and the cgroup each line of its `/metrics` is about. Shared by
+//! the scale bench and `cargo xtask bench agents`, which includes this file.
 
 use std::{
     io::{Read, Write},
