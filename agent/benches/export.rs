@@ -4,8 +4,18 @@
 //! wire. Reference, measured in the same run on the same store: the Prometheus text
 //! exposition, gzip'd, as a scraper would fetch it.
 //! Targets: ≤ 30 B per point, ≤ 2 µs CPU per point.
+//!
+//! Then the OTLP encoding two ways, on the same store at 100 and 1,000 containers:
+//! cgscope's protobuf writer (`otlp::encode`) and opentelemetry-proto's message tree
+//! encoded by prost (`otlp::request` + `encode_to_vec`), interleaved round by round;
+//! CPU and allocations per request, bytes. The writer's bytes must decode (with
+//! prost) to the tree, so both encode the same message. The writer stays only while
+//! it is at least 1.5x faster than prost in the same run.
 
 use std::{collections::BTreeMap, time::Duration};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message as _;
 
 use cgscope::{
     cgroup::identity::{CgroupKind, Qos, Runtime},
@@ -28,10 +38,20 @@ use cgscope::{
 };
 use cgscope_common::histogram::Histogram;
 
+#[path = "support/counting.rs"]
+mod counting;
+
+#[global_allocator]
+static GLOBAL: counting::Counting = counting::Counting;
+
 const CONTAINERS: usize = 500;
 const ROUNDS: usize = 20;
 const BYTES_TARGET: f64 = 30.0;
 const CPU_TARGET_US: f64 = 2.0;
+/// The encodings compared, and the writer's least lead over prost to be kept.
+const ENCODING_SIZES: [usize; 2] = [100, 1_000];
+const ENCODING_ROUNDS: usize = 30;
+const WRITER_LEAD: f64 = 1.5;
 
 /// A latency histogram of `n` values spread log-uniformly around `median_ns`.
 fn latency(seed: u64, n: u64, median_ns: u64) -> LatencySummary {
@@ -163,7 +183,7 @@ fn container(i: usize, round: u64) -> CgroupSample {
     }
 }
 
-fn snapshot(round: u64) -> Snapshot {
+fn snapshot(containers: usize, round: u64) -> Snapshot {
     Snapshot {
         schema: SCHEMA,
         timestamp_seconds: 1.8e9 + round as f64 * 10.0,
@@ -184,7 +204,7 @@ fn snapshot(round: u64) -> Snapshot {
             },
         },
         probes: Vec::new(),
-        cgroups: (0..CONTAINERS).map(|i| container(i, round)).collect(),
+        cgroups: (0..containers).map(|i| container(i, round)).collect(),
     }
 }
 
@@ -201,11 +221,73 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time and allocations of `f`, and what it returns.
+fn measure<T>(f: impl FnOnce() -> T) -> (Duration, u64, T) {
+    let (cpu, allocs) = (cpu_time(), counting::allocations());
+    let out = f();
+    (cpu_time() - cpu, counting::allocations() - allocs, out)
+}
+
+/// The writer against prost on one store of `containers` containers: a table row.
+fn encodings(containers: usize, agent: &AgentResource, filter: &Filter) -> f64 {
+    let mut store = Store::default();
+    for round in 0..2 {
+        store.update(
+            &snapshot(containers, round),
+            &AgentSample::default(),
+            filter,
+        );
+    }
+    let written = otlp::encode(&store, agent, Temporality::Cumulative);
+    let tree = otlp::request(&store, agent, Temporality::Cumulative);
+    let decoded = ExportMetricsServiceRequest::decode(written.as_slice()).expect("protobuf");
+    assert!(
+        decoded == tree,
+        "the writer's bytes and the prost tree are different messages"
+    );
+    let points = store.series().count();
+    let (mut writer_us, mut build_us, mut prost_us) = (vec![], vec![], vec![]);
+    let (mut writer_allocs, mut prost_allocs, mut prost_bytes) = (0, 0, 0);
+    for round in 0..ENCODING_ROUNDS {
+        let mut writer = || {
+            let (cpu, allocs, _) = measure(|| otlp::encode(&store, agent, Temporality::Cumulative));
+            writer_us.push(cpu.as_secs_f64() * 1e6);
+            writer_allocs = allocs;
+        };
+        let mut prost = || {
+            let (build, built_allocs, tree) =
+                measure(|| otlp::request(&store, agent, Temporality::Cumulative));
+            let (encode, encode_allocs, bytes) = measure(|| tree.encode_to_vec());
+            build_us.push(build.as_secs_f64() * 1e6);
+            prost_us.push((build + encode).as_secs_f64() * 1e6);
+            prost_allocs = built_allocs + encode_allocs;
+            prost_bytes = bytes.len();
+        };
+        // Interleaved, each first in every other round.
+        if round % 2 == 0 {
+            writer();
+            prost();
+        } else {
+            prost();
+            writer();
+        }
+    }
+    let (w, b, p) = (median(writer_us), median(build_us), median(prost_us));
+    println!(
+        "{containers:>10} {points:>8} {w:>14.0} {p:>14.0} {b:>10.0} {:>8.2} {:>10} {prost_bytes:>10} {writer_allocs:>8} {prost_allocs:>9}",
+        p / w,
+        written.len(),
+    );
+    p / w
+}
+
 fn main() {
     let agent = AgentResource::from_env(|_| None);
     let filter = Filter::default();
     let mut store = Store::default();
-    let snapshots: Vec<Snapshot> = (0..=ROUNDS as u64).map(snapshot).collect();
+    let snapshots: Vec<Snapshot> = (0..=ROUNDS as u64)
+        .map(|round| snapshot(CONTAINERS, round))
+        .collect();
     store.update(&snapshots[0], &AgentSample::default(), &filter);
 
     let (mut otlp_us, mut otlp_bytes, mut prom_us, mut prom_bytes) =
@@ -271,5 +353,35 @@ fn main() {
         pb,
         ob / pb,
         format!("≤{BYTES_TARGET} {}", verdict(ob <= BYTES_TARGET))
+    );
+
+    println!();
+    println!(
+        "OTLP encoding, cgscope's writer vs opentelemetry-proto + prost (same store, same message), median of {ENCODING_ROUNDS} rounds"
+    );
+    println!(
+        "{:>10} {:>8} {:>14} {:>14} {:>10} {:>8} {:>10} {:>10} {:>8} {:>9}",
+        "containers",
+        "points",
+        "writer µs",
+        "prost µs",
+        "(tree µs)",
+        "ratio",
+        "writer B",
+        "prost B",
+        "allocs w",
+        "allocs p"
+    );
+    let lead = ENCODING_SIZES
+        .iter()
+        .map(|&n| encodings(n, &agent, &filter))
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "the writer's least lead: {lead:.2}x (keep it only if ≥ {WRITER_LEAD}x: {})",
+        if lead >= WRITER_LEAD {
+            "keep"
+        } else {
+            "use prost"
+        }
     );
 }

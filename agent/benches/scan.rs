@@ -9,9 +9,7 @@
 //! noisy for short runs, so the table also shows the total (exact) CPU ratio.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -24,36 +22,15 @@ use cgscope::{
 #[path = "support/containers.rs"]
 #[allow(dead_code)] // only its controllers helper: these cgroups have no tasks
 mod containers;
+#[path = "support/counting.rs"]
+mod counting;
 #[path = "support/floor.rs"]
 mod floor;
 
 use floor::{thread_cpu, Floor};
 
-/// Counts allocations, to report allocations per scan.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// N empty cgroups below one top directory, removed on drop.
 struct Cgroups {
@@ -154,9 +131,9 @@ fn main() {
         let mut allocs = 0;
         for _ in 0..rounds {
             let (u0, s0) = thread_cpu();
-            let a0 = ALLOCS.load(Ordering::Relaxed);
+            let a0 = counting::allocations();
             let snapshot = sampler.sample(None);
-            allocs += ALLOCS.load(Ordering::Relaxed) - a0;
+            allocs += counting::allocations() - a0;
             let (u1, s1) = thread_cpu();
             assert!(snapshot.cgroups.len() > n);
             drop(snapshot);

@@ -20,7 +20,8 @@ pub enum Bench {
     Io,
     /// TCP probe vs a bpftrace tcp_probe histogram, on iperf3 and request/response.
     Net,
-    /// One OTLP export of 500 containers vs the Prometheus text of the same series.
+    /// One OTLP export of 500 containers vs the Prometheus text of the same series;
+    /// the protobuf writer vs opentelemetry-proto + prost at 100 / 1,000 containers.
     Export,
     /// The agent with 1,000 idle plus 1,000 / 5,000 busy containers on a pure v2
     /// node (a VM): CPU, RSS, scrape and OTLP bytes, series per container.
