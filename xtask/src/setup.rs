@@ -251,8 +251,11 @@ fn debian_installed(package: &str) -> bool {
 
 /// Where PID 1 is not systemd (a container, this project's CI machine), a package
 /// whose postinst runs `systemctl start` (pcp's does, without checking that systemd
-/// runs) fails to configure and leaves dpkg half done. Puts first on `command`'s PATH
-/// a `systemctl` that starts nothing; the directory is removed when dropped.
+/// runs) fails to configure and leaves dpkg half done. Puts first on the PATH of
+/// `command` (an `apt-get`) and of the dpkg it runs a `systemctl` that starts nothing;
+/// the directory is removed when dropped. apt sets dpkg's PATH from `DPkg::Path`
+/// (default `/usr/sbin:/usr/bin:/sbin:/bin`), not from its own: a fresh machine's
+/// setup failed on pcp while the shim sat only on apt's PATH.
 fn without_service_manager(command: &mut Command) -> anyhow::Result<Option<TempDir>> {
     let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
     if pid1.trim() == "systemd" {
@@ -268,6 +271,10 @@ fn without_service_manager(command: &mut Command) -> anyhow::Result<Option<TempD
     cmd::run(Command::new("chmod").arg("755").arg(&shim))?;
     let path = std::env::var("PATH").unwrap_or_default();
     command.env("PATH", format!("{}:{path}", dir.0.display()));
+    command.arg("-o").arg(format!(
+        "DPkg::Path={}:/usr/sbin:/usr/bin:/sbin:/bin",
+        dir.0.display()
+    ));
     Ok(Some(dir))
 }
 
