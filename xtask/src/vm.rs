@@ -517,14 +517,15 @@ pub fn boot(
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"]);
-    qemu(args, log, timeout)
+    qemu(args, "tcg", log, timeout)
 }
 
-/// Runs `qemu` (its machine arguments given) under TCG without a display or
-/// reboots, the guest's serial console to `log`, until it exits or `timeout`.
-pub fn qemu(mut qemu: Command, log: &Path, timeout: Duration) -> anyhow::Result<()> {
+/// Runs `qemu` (its machine arguments given) under `accel` (TCG, with its options)
+/// without a display or reboots, the guest's serial console to `log`, until it exits
+/// or `timeout`.
+pub fn qemu(mut qemu: Command, accel: &str, log: &Path, timeout: Duration) -> anyhow::Result<()> {
     let mut qemu = qemu
-        .args(["-accel", "tcg", "-nographic", "-no-reboot"])
+        .args(["-accel", accel, "-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(fs::File::create(log)?)
         .stderr(Stdio::inherit())
