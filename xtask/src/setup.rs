@@ -98,7 +98,11 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "pcp",
-        "cargo xtask bench agents: PCP (pmcd, the proc and bpf PMDAs, pmlogger), the peer",
+        "cargo xtask bench agents: PCP (pmcd, the proc and bpf PMDAs, pmlogger), the peer; export test: its openmetrics PMDA scrapes /metrics",
+    ),
+    (
+        "python3-requests",
+        "export test: PCP's openmetrics PMDA fetches with it (pcp only suggests it)",
     ),
 ];
 

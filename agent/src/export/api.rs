@@ -1,5 +1,6 @@
 //! The HTTP API, described by `docs/openapi.yaml`:
-//! - `GET /metrics`: Prometheus text (rendered once per window);
+//! - `GET /metrics`: Prometheus text, or protobuf with native histograms to a scraper
+//!   that asks for it (each rendered at most once per window);
 //! - `GET /api/v1/containers`: pods and containers of the latest window;
 //!   `GET /api/v1/containers/{id}`: one, by container id, pod UID or cgroup id;
 //! - `GET /api/v1/host`: the host, the probes, the window;
@@ -23,7 +24,7 @@ use axum::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::prometheus::{Encoding, Exposition};
+use super::prometheus::{self, Encoding, Exposition, Format};
 use crate::{
     cgroup::identity::CgroupKind,
     sample::{CgroupSample, Host, ProbeStatus, Snapshot},
@@ -157,26 +158,34 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
     if state.latest.borrow().is_none() {
         return not_ready();
     }
-    let gzip = accepts_gzip(&headers);
+    let encoding = Encoding {
+        format: prometheus::negotiate(
+            headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+        gzip: accepts_gzip(&headers),
+    };
     // Rendering (and compressing) takes milliseconds per thousand series: off the
     // async workers.
     let exposition = state.exposition.clone();
-    let encoding = if gzip { Encoding::Gzip } else { Encoding::Text };
     let body = tokio::task::spawn_blocking(move || exposition.rendering(encoding));
     match body.await {
         Ok(body) => {
+            let content_type = match encoding.format {
+                Format::Text => prometheus::TEXT_CONTENT_TYPE,
+                Format::Protobuf => prometheus::PROTOBUF_CONTENT_TYPE,
+            };
             let mut response = (
                 [
-                    (
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                    (header::VARY, "accept-encoding"),
+                    (header::CONTENT_TYPE, content_type),
+                    (header::VARY, "accept, accept-encoding"),
                 ],
                 body,
             )
                 .into_response();
-            if gzip {
+            if encoding.gzip {
                 response.headers_mut().insert(
                     header::CONTENT_ENCODING,
                     header::HeaderValue::from_static("gzip"),

@@ -24,22 +24,37 @@ pub fn stop_agent(mut agent: std::process::Child) -> (std::process::ExitStatus, 
 
 /// `GET path` over HTTP/1.0; the status and the body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, body) = http_get_bytes(addr, path, &[])?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `GET path` over HTTP/1.0 with request `headers`; the status and the body's bytes.
+pub fn http_get_bytes(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 4);
+    let status = String::from_utf8_lossy(&response[..head_end])
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, response.split_off(head_end)))
 }
 
 /// A loopback port nobody listens on (the kernel's pick, released for the caller).

@@ -1,13 +1,15 @@
 //! The exporters against real peers: the rotel collector over OTLP/gRPC and
 //! OTLP/HTTP (its debug output parsed and compared with the snapshot), Prometheus
-//! scraping `/metrics` and answering PromQL, and a collector that goes away, refuses
-//! or hangs.
+//! scraping `/metrics` and answering PromQL (text, and protobuf with native
+//! histograms), and a collector that goes away, refuses or hangs.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod dashboard;
 mod failures;
+mod native;
 mod panels;
+mod pcp;
 mod peers;
 mod pipeline;
 mod tls;
@@ -48,6 +50,32 @@ fn busy_container(name: &str) -> (TestTree, String) {
         common::pin(pid, 0);
     }
     (tree, path)
+}
+
+/// Lets the busy container at `path` pile up waits for `busy`, then freezes it: it
+/// waits no more, and what the agent exposes of it settles. Returns `read()` once two
+/// readings a window apart are the same (`read` says `None` while it has nothing).
+fn frozen_after<T: PartialEq + Clone + std::fmt::Debug>(
+    path: &str,
+    busy: Duration,
+    mut read: impl FnMut() -> Option<T>,
+) -> T {
+    std::thread::sleep(busy);
+    common::set_frozen(&common::v2_root().join(path.trim_start_matches('/')), true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous = None;
+    loop {
+        let now = read();
+        if let Some(same) = now.as_ref().filter(|_| now == previous) {
+            return same.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exposition kept changing: {now:?}"
+        );
+        previous = now;
+        std::thread::sleep(Duration::from_millis(1_100));
+    }
 }
 
 /// Starts `cgscope run` with a 1 s window, exporting only below `top`, and waits

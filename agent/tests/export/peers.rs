@@ -302,12 +302,21 @@ pub fn url_encode(s: &str) -> String {
 }
 
 pub fn prometheus(target: &str, port: u16) -> Prometheus {
-    prometheus_labelled(target, port, "{}")
+    start_prometheus(target, port, "{}", &[])
 }
 
 /// Prometheus scraping `target` every second, adding `labels` (a YAML map, e.g.
 /// `{k8s_node_name: n1}`) to every series, as service discovery relabelling would.
 pub fn prometheus_labelled(target: &str, port: u16, labels: &str) -> Prometheus {
+    start_prometheus(target, port, labels, &[])
+}
+
+/// Prometheus with native histograms on: it asks `target` for the protobuf format.
+pub fn prometheus_native(target: &str, port: u16) -> Prometheus {
+    start_prometheus(target, port, "{}", &["native-histograms"])
+}
+
+fn start_prometheus(target: &str, port: u16, labels: &str, features: &[&str]) -> Prometheus {
     let dir =
         std::env::temp_dir().join(format!("cgscope-prometheus-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("prometheus dir");
@@ -327,6 +336,7 @@ pub fn prometheus_labelled(target: &str, port: u16, labels: &str) -> Prometheus 
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(features.iter().map(|f| format!("--enable-feature={f}")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

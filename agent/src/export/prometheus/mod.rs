@@ -1,22 +1,30 @@
-//! `GET /metrics`: the store in the Prometheus text format, named by the
+//! `GET /metrics`: the store in one of Prometheus' two exposition formats, named by the
 //! OpenTelemetry → Prometheus rules: `.` becomes `_`, the unit is a suffix (`s` →
 //! `_seconds`, `By` → `_bytes`, `%` → `_percent`, `1` → `_ratio`; `{…}` annotations
-//! are dropped), counters end in `_total`. Exponential histograms become classic
-//! histograms with buckets at powers of 2 seconds: eight kernel buckets (scale 3) make
-//! one (scale 0) exactly, nothing is interpolated. The cgroup's identity attributes
-//! are labels on every series; the agent's resource attributes are on `target_info`.
+//! are dropped), counters end in `_total`. The cgroup's identity attributes are labels
+//! on every series; the agent's resource attributes are on `target_info`.
+//!
+//! - [Text](text) (0.0.4), for every scraper: exponential histograms become classic
+//!   histograms with buckets at powers of 2 seconds (eight kernel buckets make one
+//!   exactly, nothing is interpolated).
+//! - [Protobuf](protobuf) (delimited `MetricFamily`), for a scraper that asks for it
+//!   (Prometheus with native histograms on): every latency histogram is also a native
+//!   histogram of schema 3, whose buckets are the kernel's, one for one.
 
-use std::{
-    fmt::Write as _,
-    sync::{Mutex, MutexGuard},
-};
+pub mod protobuf;
+#[cfg(test)]
+mod protobuf_tests;
+mod text;
 
-use cgscope_common::histogram::{BUCKETS, OTLP_OFFSET, SUB_BUCKETS};
+use std::sync::{Mutex, MutexGuard};
+
+pub use self::protobuf::{negotiate, Format, CONTENT_TYPE as PROTOBUF_CONTENT_TYPE};
+pub use self::text::{render, CONTENT_TYPE as TEXT_CONTENT_TYPE};
 
 use super::{
     catalogue::{self, Instrument, Metric},
     resource::AgentResource,
-    store::{Resource, Series, Store, Value},
+    store::{Resource, Series, Store},
 };
 
 /// The store, shared by the sampler (which updates it) and `/metrics` (which renders
@@ -30,23 +38,29 @@ pub struct Exposition {
 
 /// How a scraper asked for the exposition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Text,
-    /// Gzip'd text (Prometheus asks for it; the text of a dense node compresses about
-    /// twentyfold). Rendered straight into the compressor: the text of thousands of
-    /// containers (tens of MB) is never held whole.
-    Gzip,
+pub struct Encoding {
+    pub format: Format,
+    /// Gzip'd (Prometheus asks for it; the text of a dense node compresses about
+    /// twentyfold). Rendered straight into the compressor: the exposition of
+    /// thousands of containers (tens of MB) is never held whole uncompressed.
+    pub gzip: bool,
 }
 
-/// The latest window's renderings, each made on the first scrape that asks for it.
+impl Encoding {
+    fn slot(self) -> usize {
+        usize::from(self.format == Format::Protobuf) * 2 + usize::from(self.gzip)
+    }
+}
+
+/// The latest window's renderings, each made on the first scrape that asks for it
+/// (indexed by [`Encoding::slot`]).
 #[derive(Default)]
 struct Rendered {
     window_end: u64,
-    text: Option<bytes::Bytes>,
-    gzip: Option<bytes::Bytes>,
+    slots: [Option<bytes::Bytes>; 4],
 }
 
-/// Text handed to the sink at a time while rendering.
+/// Bytes handed to the sink at a time while rendering.
 const CHUNK: usize = 64 * 1024;
 
 impl Exposition {
@@ -79,29 +93,86 @@ impl Exposition {
                 ..Rendered::default()
             };
         }
-        let slot = match encoding {
-            Encoding::Text => &mut cache.text,
-            Encoding::Gzip => &mut cache.gzip,
-        };
-        slot.get_or_insert_with(|| match encoding {
-            Encoding::Text => render(&store, &self.agent).into(),
-            Encoding::Gzip => gzip_rendering(&store, &self.agent).into(),
-        })
-        .clone()
+        cache.slots[encoding.slot()]
+            .get_or_insert_with(|| encode(&store, &self.agent, encoding).into())
+            .clone()
     }
 }
 
-/// The exposition rendered into gzip (level 1: a scrape of thousands of containers
-/// must not wait for the compressor, and higher levels gain little on text this
-/// repetitive).
-fn gzip_rendering(store: &Store, agent: &AgentResource) -> Vec<u8> {
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(CHUNK), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
-    render_into(store, agent, &mut |chunk| {
-        let _ = std::io::Write::write_all(&mut encoder, chunk.as_bytes());
-    });
-    encoder.finish().unwrap_or_default()
+/// The whole exposition in `encoding`. Gzip at level 1: a scrape of thousands of
+/// containers must not wait for the compressor, and higher levels gain little on
+/// output this repetitive.
+fn encode(store: &Store, agent: &AgentResource, encoding: Encoding) -> Vec<u8> {
+    let mut sink = if encoding.gzip {
+        Sink::Gzip(flate2::write::GzEncoder::new(
+            Vec::with_capacity(CHUNK),
+            flate2::Compression::fast(),
+        ))
+    } else {
+        Sink::Plain(Vec::with_capacity(CHUNK))
+    };
+    let mut write = |chunk: &[u8]| sink.write(chunk);
+    match encoding.format {
+        Format::Text => text::render_into(store, agent, &mut write),
+        Format::Protobuf => protobuf::render_into(store, agent, &mut write),
+    }
+    sink.finish()
+}
+
+/// Where a rendering goes, chunk by chunk.
+enum Sink {
+    Plain(Vec<u8>),
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+}
+
+impl Sink {
+    fn write(&mut self, chunk: &[u8]) {
+        match self {
+            Self::Plain(out) => out.extend_from_slice(chunk),
+            // Writing to a Vec cannot fail.
+            Self::Gzip(encoder) => {
+                let _ = std::io::Write::write_all(encoder, chunk);
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Plain(out) => out,
+            Self::Gzip(encoder) => encoder.finish().unwrap_or_default(),
+        }
+    }
+}
+
+/// The store's series grouped by metric, in catalogue order, each group handed to
+/// `family` (metrics without a series are left out).
+fn families<'a>(store: &'a Store, mut family: impl FnMut(&Metric, &[(&'a Resource, &'a Series)])) {
+    let mut series: Vec<(&Resource, &Series)> = store.series().map(|(_, r, s)| (r, s)).collect();
+    series.sort_by_key(|(_, s)| s.metric.name);
+    for metric in catalogue::all() {
+        let start = series.partition_point(|(_, s)| s.metric.name < metric.name);
+        let end = series.partition_point(|(_, s)| s.metric.name <= metric.name);
+        if start < end {
+            family(metric, &series[start..end]);
+        }
+    }
+}
+
+/// A series' labels, names sanitized: the resource's attributes, then the series'.
+fn labels<'a>(
+    resource: &'a Resource,
+    series: &'a Series,
+) -> impl Iterator<Item = (String, &'a str)> + 'a {
+    resource
+        .attributes
+        .iter()
+        .chain(&series.attributes)
+        .map(|(k, v)| (sanitize(k), v.as_str()))
+}
+
+/// The agent's resource attributes as `target_info`'s labels.
+fn target_labels(agent: &AgentResource) -> impl Iterator<Item = (String, &str)> {
+    agent.0.iter().map(|(k, v)| (sanitize(k), v.as_str()))
 }
 
 /// Prometheus name of a metric.
@@ -133,122 +204,26 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-fn escape(v: &str, out: &mut String) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// `{k="v",...}` from the resource's and the series' attributes, plus `extra`.
-fn labels(resource: &Resource, series: &Series, extra: Option<(&str, &str)>, out: &mut String) {
-    let mut first = true;
-    let all = resource
-        .attributes
-        .iter()
-        .chain(&series.attributes)
-        .map(|(k, v)| (*k, v.as_str()))
-        .chain(extra);
-    for (k, v) in all {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(&sanitize(k));
-        out.push_str("=\"");
-        escape(v, out);
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
-}
-
-/// Upper bound in seconds of classic bucket `k`: 2^(k+1).
-fn le(k: i32) -> String {
-    format!("{}", 2f64.powi(k + 1))
-}
-
-/// The whole exposition.
-pub fn render(store: &Store, agent: &AgentResource) -> String {
-    let mut text = String::new();
-    render_into(store, agent, &mut |chunk| text.push_str(chunk));
-    text
-}
-
-/// The whole exposition, handed to `sink` in pieces of about [`CHUNK`] bytes.
-fn render_into(store: &Store, agent: &AgentResource, sink: &mut dyn FnMut(&str)) {
-    let mut out = String::with_capacity(CHUNK + 4096);
-    out.push_str("# HELP target_info Target metadata\n# TYPE target_info gauge\ntarget_info");
-    let mut first = true;
-    for (k, v) in &agent.0 {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        let _ = write!(out, "{}=\"", sanitize(k));
-        escape(v, &mut out);
-        out.push('"');
-    }
-    out.push_str(if first { " 1\n" } else { "} 1\n" });
-
-    // Grouped by metric, in catalogue order.
-    let mut series: Vec<(&Resource, &Series)> = store.series().map(|(_, r, s)| (r, s)).collect();
-    series.sort_by_key(|(_, s)| s.metric.name);
-    for metric in catalogue::all() {
-        let start = series.partition_point(|(_, s)| s.metric.name < metric.name);
-        let end = series.partition_point(|(_, s)| s.metric.name <= metric.name);
-        if start == end {
-            continue;
-        }
-        let name = name(metric);
-        let kind = match metric.instrument {
-            Instrument::Counter => "counter",
-            Instrument::Gauge => "gauge",
-            Instrument::Histogram => "histogram",
-        };
-        // Text format 0.0.4: the family of a counter is its full name.
-        let _ = writeln!(out, "# HELP {name} {}", metric.description);
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (resource, s) in &series[start..end] {
-            if out.len() >= CHUNK {
-                sink(&out);
-                out.clear();
-            }
-            match &s.total {
-                Value::Int(_) | Value::Double(_) => {
-                    out.push_str(&name);
-                    labels(resource, s, None, &mut out);
-                    let _ = match &s.total {
-                        Value::Int(v) => writeln!(out, " {v}"),
-                        _ => writeln!(out, " {}", s.total.as_f64()),
-                    };
-                }
-                Value::Histogram(h) => {
-                    let mut cumulative = h.zero_count;
-                    let octaves = BUCKETS / SUB_BUCKETS;
-                    let first_octave = OTLP_OFFSET.div_euclid(SUB_BUCKETS as i32);
-                    for (i, octave) in h.buckets.chunks(SUB_BUCKETS).take(octaves).enumerate() {
-                        cumulative += octave.iter().sum::<u64>();
-                        let bound = le(first_octave + i as i32);
-                        let _ = write!(out, "{name}_bucket");
-                        labels(resource, s, Some(("le", &bound)), &mut out);
-                        let _ = writeln!(out, " {cumulative}");
-                    }
-                    let _ = write!(out, "{name}_bucket");
-                    labels(resource, s, Some(("le", "+Inf")), &mut out);
-                    let _ = writeln!(out, " {}", h.count);
-                    let _ = write!(out, "{name}_sum");
-                    labels(resource, s, None, &mut out);
-                    let _ = writeln!(out, " {}", h.sum_seconds);
-                    let _ = write!(out, "{name}_count");
-                    labels(resource, s, None, &mut out);
-                    let _ = writeln!(out, " {}", h.count);
-                }
-            }
-        }
-    }
-    sink(&out);
+/// A store of `cgroups` services, each with CPU time and a run-queue histogram of
+/// two waits (1 µs and 2 ms), and the agent's resource.
+#[cfg(test)]
+fn example(cgroups: u64) -> (Store, AgentResource) {
+    use crate::export::{
+        filter::Filter,
+        points::AgentSample,
+        store::tests::{cgroup, snapshot},
+    };
+    let cgroups = (1..=cgroups)
+        .map(|i| cgroup(i, 1.0, &[1_000, 2_000_000]))
+        .collect();
+    let mut store = Store::default();
+    store.update(
+        &snapshot(10.0, cgroups),
+        &AgentSample::default(),
+        &Filter::default(),
+    );
+    let agent = AgentResource(vec![("service.name".to_owned(), "cgscope".to_owned())]);
+    (store, agent)
 }
 
 #[cfg(test)]
@@ -256,43 +231,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gzip_rendering_is_the_text_rendering() {
-        use crate::export::{
-            filter::Filter,
-            points::AgentSample,
-            store::tests::{cgroup, snapshot},
-        };
-        let cgroups = (1..=300)
-            .map(|i| cgroup(i, 1.0, &[1_000, 2_000_000]))
+    fn every_encoding_has_its_own_rendering_and_gzip_is_the_plain_one() {
+        let (store, agent) = example(300);
+        for format in [Format::Text, Format::Protobuf] {
+            let plain = encode(
+                &store,
+                &agent,
+                Encoding {
+                    format,
+                    gzip: false,
+                },
+            );
+            // Several chunks.
+            assert!(plain.len() > 2 * CHUNK, "{format:?}: {} bytes", plain.len());
+            let gzip = encode(&store, &agent, Encoding { format, gzip: true });
+            assert!(
+                gzip.len() * 10 < plain.len(),
+                "{} bytes of gzip",
+                gzip.len()
+            );
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut back)
+                .expect("gunzip");
+            assert_eq!(back, plain, "{format:?}");
+        }
+        let slots: Vec<usize> = [Format::Text, Format::Protobuf]
+            .into_iter()
+            .flat_map(|format| [false, true].map(|gzip| Encoding { format, gzip }.slot()))
             .collect();
-        let mut store = Store::default();
-        store.update(
-            &snapshot(10.0, cgroups),
-            &AgentSample::default(),
-            &Filter::default(),
-        );
-        let agent = AgentResource(vec![("service.name".to_owned(), "cgscope".to_owned())]);
-        let text = render(&store, &agent);
-        assert!(
-            text.len() > 4 * CHUNK,
-            "{} bytes: several chunks",
-            text.len()
-        );
-        let gzip = gzip_rendering(&store, &agent);
-        assert!(gzip.len() * 10 < text.len(), "{} bytes of gzip", gzip.len());
-        let mut back = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut back)
-            .expect("gunzip");
-        assert_eq!(back, text);
-    }
-
-    #[test]
-    fn label_values_escape_what_the_format_requires_and_nothing_else() {
-        let mut out = String::new();
-        escape("a\\b\"c\nd\x1b]0;t\x07\u{202e}", &mut out);
-        // Text format 0.0.4: backslash, double quote and line feed; any other UTF-8
-        // is a valid label value, kept exact.
-        assert_eq!(out, "a\\\\b\\\"c\\nd\x1b]0;t\x07\u{202e}");
+        assert_eq!(slots, [0, 1, 2, 3]);
     }
 
     #[test]
@@ -321,9 +288,5 @@ mod tests {
             name(&catalogue::SELF_PROBE_ATTACHED),
             "cgscope_probe_attached_ratio"
         );
-        // OTLP bucket i at scale 3 ends at 2^((i+1)/8): octave k of eight ends at 2^(k+1).
-        assert_eq!(OTLP_OFFSET.rem_euclid(SUB_BUCKETS as i32), 0);
-        assert_eq!(le(-1), "1");
-        assert_eq!(le(-3), "0.25");
     }
 }
