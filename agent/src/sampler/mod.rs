@@ -1,9 +1,17 @@
 //! The sampler: once per window it reads the kernel maps and the cgroup tree, and
 //! turns cumulative counters into a [`Snapshot`] of what happened in the window.
-//! Data flows one way: kernel maps and cgroupfs → sampler → snapshot → consumers.
+//! Data flows one way, kernel maps and cgroupfs → sampler → snapshot → consumers,
+//! but for two back-flows into the kernel, each named where it happens: the
+//! on-demand attach of programs a window showed are needed, and `forget`, which
+//! deletes the map entries of removed cgroups.
+//!
+//! A window's steps ([`Sampler::sample`]): read the maps, walk the tree, read each
+//! walked cgroup's files ([`walk`]), identify (runtime names, network namespaces),
+//! settle the cgroups the walk missed, forget the removed ones' entries, aggregate
+//! the probes' windows up the tree, refuse impossible values, status and cost.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -13,31 +21,28 @@ pub mod cost;
 mod network;
 mod results;
 mod scan;
+mod walk;
 
 use self::{
-    network::assign_network,
-    results::probe_results,
-    scan::{second_look, ScanErrors},
+    cost::CostSample, network::assign_network, results::probe_results, scan::ScanErrors,
+    walk::Walked,
 };
 use crate::{
     cgroup::{
         self,
-        identity::{self, CgroupKind, Identity},
+        identity::{CgroupKind, Identity},
         io::DeviceNames,
         mount::CgroupMounts,
-        stats::{CgroupStats, StatsRead, StatsReader},
+        stats::CgroupStats,
         tree::CgroupDir,
     },
     host::{HostReader, HostSample},
     metadata::{Metadata, MetadataConfig},
     net::NetnsReader,
-    probes::{
-        self,
-        reader::{ProbeReader, ProbeWindow},
-        ProbeConfig, Probes,
+    probes::{self, reader::ProbeReader, ProbeConfig, Probes},
+    sample::{
+        Bounds, CgroupSample, ContainerSample, Host, ProbeStatus, Snapshot, Unreadable, SCHEMA,
     },
-    sample::{Bounds, CgroupSample, ContainerSample, Host, Snapshot, Unreadable, SCHEMA},
-    window,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -211,227 +216,81 @@ impl Sampler {
     pub fn sample(&mut self, prefix: Option<&str>) -> Snapshot {
         let now = Instant::now();
         let seconds = now.duration_since(self.previous_at).as_secs_f64();
-        // What the last window showed the kernel needs (a queue without issue
-        // timestamps) is attached now, for the next one.
+        // Back-flow, sampler → kernel: what the last window showed the kernel needs
+        // (a queue without issue timestamps) is attached now, for the next one.
         self.probes.attach_on_demand();
         // Maps first, tree second: a cgroup in the maps but not in the tree is gone.
         self.kernel.read(&mut self.probes);
         let mut scan = ScanErrors::default();
-        let unlisted = match cgroup::tree::walk(&self.root, &mut self.dirs) {
-            Ok(errors) => {
-                if let Some((dir, e)) = &errors.first {
-                    let reason = cgroup::io_reason(e);
-                    scan.count(reason, errors.count as u64);
-                    scan.note(format!("cannot list {}: {e}", dir.display()));
-                }
-                errors.first.map(|(_, e)| cgroup::io_reason(&e))
-            }
-            Err(e) => {
-                // The root itself: nothing was listed, nothing is known to be gone.
-                let reason = cgroup::io_reason(&e);
-                scan.count(reason, 1);
-                scan.note(format!("cannot walk {}: {e}", self.root.display()));
-                self.dirs.clear();
-                Some(reason)
-            }
-        };
+        let unlisted = self.walk(&mut scan);
+        self.place_oom_kills();
+        let mut walked = self.read_walked(prefix, seconds, &mut scan);
+        self.identify(&mut walked);
+        let missing = self.settle_missing(&mut walked, unlisted, seconds, &mut scan);
+        self.forget(missing.dead, unlisted, &walked.next);
+        self.aggregate(&mut walked, seconds);
 
-        if self.kernel.has_oom_kills() {
-            let known: HashSet<u64> = (self.dirs.iter().map(|d| d.id))
-                .chain(self.previous.keys().copied())
-                .collect();
-            self.kernel.place_oom_kills(|id| known.contains(&id));
+        let Walked {
+            next, mut cgroups, ..
+        } = walked;
+        // Walk order (parents before children), removed and unlisted cgroups last.
+        cgroups.extend(
+            missing
+                .samples
+                .into_iter()
+                .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p))),
+        );
+        self.host.window = self.host_reader.sample();
+        let cpus = self.host.window.cpu.as_ref().map(|c| c.cpus);
+        self.refuse_impossible(&mut cgroups, cpus, seconds, &mut scan);
+        scan.log();
+
+        self.previous = next;
+        self.previous_at = now;
+        let (probes, cost) = self.status_and_cost(cpus, seconds);
+        Snapshot {
+            schema: SCHEMA,
+            timestamp_seconds: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            window_seconds: seconds,
+            host: self.host.clone(),
+            probes,
+            scan_errors: scan.by_reason,
+            cost,
+            cgroups,
         }
+    }
 
-        let mut next: HashMap<u64, Previous> = HashMap::with_capacity(self.dirs.len());
-        // Samples are built in place (each is about 1 KB: moving them costs); per
-        // walked cgroup, the index of its sample, if it exists and is wanted.
-        let mut cgroups: Vec<CgroupSample> = Vec::with_capacity(self.dirs.len());
-        let mut sample_of: Vec<Option<usize>> = Vec::with_capacity(self.dirs.len());
-        // Only cgroups (and their ancestors) in which a probe recorded something get a
-        // window.
-        let mut windows: Vec<Option<Box<ProbeWindow>>> = Vec::with_capacity(self.dirs.len());
-        for dir in &self.dirs {
-            // When this cgroup's files were read: under load the scan reaches a cgroup
-            // at a different point of each window, and its counters cover exactly
-            // the time between its own reads.
-            let read_at = Instant::now();
-            let read = StatsReader::new(dir.dir(), &mut self.text).read();
-            windows.push(self.kernel.window(dir.id));
-            let mut prev = self.previous.remove(&dir.id);
-            let read = match read {
-                StatsRead::Stats(stats) => Ok(stats),
-                StatsRead::Unreadable(e) => Err(e),
-                StatsRead::Gone => {
-                    // Removed during the scan: its last window is reported below.
-                    if let Some(prev) = prev {
-                        self.previous.insert(dir.id, prev);
-                    }
-                    sample_of.push(None);
-                    continue;
-                }
-            };
-            // What the last window kept, reused where it still holds (no allocation
-            // per cgroup and window).
-            let (path, dir_buf, identity) = match prev.as_mut() {
-                Some(p) if p.path == dir.path() => (
-                    std::mem::take(&mut p.path),
-                    std::mem::take(&mut p.dir),
-                    p.identity.clone(),
-                ),
-                _ => (
-                    dir.path().to_owned(),
-                    dir.dir().to_owned(),
-                    identity::classify(dir.path()),
-                ),
-            };
-            let (before, mut since) = match prev {
-                Some(p) => (p.stats, p.since),
-                None => (None, self.previous_at),
-            };
-            let wanted = prefix.is_none_or(|p| cgroup::tree::under(dir.path(), p));
-            let mut sample = wanted.then(|| CgroupSample {
-                raw_path_hex: dir.raw_path_hex(),
-                container: container_sample(&identity),
-                ..CgroupSample::bare(
-                    dir.path(),
-                    dir.id,
-                    identity.kind.unwrap_or(CgroupKind::Other),
-                )
-            });
-            let stats = match read {
-                Err(e) => {
-                    // Not a removal: the baseline and the kernel entries stay.
-                    let reason = e.reason();
-                    scan.count(reason, 1);
-                    scan.note(e.to_string());
-                    if let Some(sample) = sample.as_mut() {
-                        sample.unreadable = Some(Unreadable {
-                            reason,
-                            error: e.to_string(),
-                        });
-                    }
-                    before
-                }
-                Ok(stats) => {
-                    if let Some(sample) = sample.as_mut() {
-                        let before = before.as_ref();
-                        let span = read_at.duration_since(since).as_secs_f64();
-                        if (span - seconds).abs() > (seconds * 0.02).max(0.01) {
-                            sample.stats_window_seconds = Some(span);
-                        }
-                        sample.cpu = window::cpu(&stats, before);
-                        sample.memory = stats
-                            .memory
-                            .as_ref()
-                            .map(|m| window::memory(m, before.and_then(|b| b.memory.as_ref())));
-                        sample.io = window::io(&stats, before, span, &mut self.devices);
-                        sample.pids = window::pids(&stats, before);
-                        sample.pressure = window::pressure(&stats, before);
-                        sample.descendants = stats.cgroup.and_then(|c| c.nr_descendants);
-                        sample.dying_descendants =
-                            stats.cgroup.and_then(|c| c.nr_dying_descendants);
-                    }
-                    since = read_at;
-                    Some(stats)
-                }
-            };
-            sample_of.push(sample.is_some().then_some(cgroups.len()));
-            cgroups.extend(sample);
-            next.insert(
-                dir.id,
-                Previous {
-                    path,
-                    dir: dir_buf,
-                    identity,
-                    stats,
-                    since,
-                },
-            );
-        }
-
-        self.metadata.annotate(&mut cgroups);
-        let network_errors = assign_network(&mut self.netns, &self.dirs, &mut cgroups, &sample_of);
+    /// Names the samples from the container runtimes and gives each network
+    /// namespace's window to the cgroup that owns it.
+    fn identify(&mut self, walked: &mut Walked) {
+        self.metadata.annotate(&mut walked.cgroups);
+        let network_errors = assign_network(
+            &mut self.netns,
+            &self.dirs,
+            &mut walked.cgroups,
+            &walked.sample_of,
+        );
         if let Some(first) = network_errors.first() {
             log::warn!(
                 "{first} (and {} more network problems in this scan)",
                 network_errors.len() - 1
             );
         }
+    }
 
-        // Walk index by path, for the ancestors of cgroups the walk did not list;
-        // built only if there is one.
-        let mut index_of: Option<HashMap<&str, usize>> = None;
-        let dirs = &self.dirs;
-        let mut nearest_walked = |path: &str| {
-            let index_of = index_of.get_or_insert_with(|| {
-                let paths = dirs.iter().enumerate();
-                paths.map(|(i, d)| (d.path(), i)).collect::<HashMap<_, _>>()
-            });
-            let mut at = parent_path(path);
-            while let Some(p) = at {
-                if let Some(&i) = index_of.get(p) {
-                    return Some(i);
-                }
-                at = parent_path(p);
-            }
-            None
-        };
-        // Cgroups of the last window that the walk did not find. A second look
-        // tells those the kernel removed (report their last window, count it in
-        // their parent's, then forget them) from those that could not be listed
-        // (kept, reported unreadable).
-        let mut removed = Vec::new();
-        let mut dead = Vec::new();
-        for (id, prev) in std::mem::take(&mut self.previous) {
-            let last = self.kernel.window(id);
-            if let Some((w, parent)) = last.as_ref().zip(nearest_walked(&prev.path)) {
-                windows[parent].get_or_insert_with(Box::default).add(w);
-            }
-            let kind = prev.identity.kind.unwrap_or(CgroupKind::Other);
-            let mut sample = CgroupSample {
-                container: container_sample(&prev.identity),
-                ..CgroupSample::bare(&prev.path, id, kind)
-            };
-            match second_look(&prev.dir, id) {
-                Ok(true) => {
-                    dead.push(id);
-                    if last.is_none() {
-                        continue;
-                    }
-                    sample.removed = true;
-                }
-                // Still there (or the look failed): not gone, whatever kept the walk
-                // from listing it. Its baseline stays, as for a file that failed.
-                result => {
-                    // A failed listing was counted once, where it failed.
-                    let reason = match result {
-                        Err(e) => Some(cgroup::io_reason(&e)),
-                        Ok(_) => unlisted.is_none().then_some("unlisted"),
-                    };
-                    if let Some(reason) = reason {
-                        scan.count(reason, 1);
-                    }
-                    let reason = reason.or(unlisted).unwrap_or("unlisted");
-                    sample.unreadable = Some(Unreadable {
-                        reason,
-                        error: format!("{} could not be listed this window", prev.dir.display()),
-                    });
-                    next.insert(id, prev);
-                }
-            }
-            probe_results(
-                &self.probes,
-                &self.kernel,
-                &mut self.devices,
-                &mut sample,
-                last.as_deref(),
-                seconds,
-            );
-            removed.push(sample);
-        }
-        // Kernel entries of cgroups born and gone inside one window; while a listing
-        // failed, an id the walk missed may still be alive: those wait for a full walk.
+    /// Back-flow, sampler → kernel: deletes the map entries of cgroups the kernel
+    /// removed (`dead`), and of cgroups born and gone inside one window (in the maps,
+    /// in neither the walk nor `next`). While a listing failed (`unlisted`), an id
+    /// the walk missed may still be alive: those wait for a full walk.
+    fn forget(
+        &mut self,
+        mut dead: Vec<u64>,
+        unlisted: Option<&'static str>,
+        next: &HashMap<u64, Previous>,
+    ) {
         if unlisted.is_none() {
             let unknown: Vec<u64> = self
                 .kernel
@@ -441,9 +300,14 @@ impl Sampler {
             dead.extend(unknown);
         }
         self.kernel.forget(&mut self.probes, &dead);
+    }
 
-        // Like cpu.stat, a cgroup's probe windows cover its descendants: the walk
-        // lists parents before children, so summing from the end is bottom-up.
+    /// Like cpu.stat, a cgroup's probe windows cover its descendants: sums them
+    /// bottom-up, puts them into the samples, and attributes the run-queue waits to
+    /// the neighbours that caused them.
+    fn aggregate(&mut self, walked: &mut Walked, seconds: f64) {
+        let windows = &mut walked.windows;
+        // The walk lists parents before children: summing from the end is bottom-up.
         for i in (1..self.dirs.len()).rev() {
             let Some(child) = windows[i].take() else {
                 continue;
@@ -453,13 +317,13 @@ impl Sampler {
             }
             windows[i] = Some(child);
         }
-        for (window, sample) in windows.iter().zip(&sample_of) {
+        for (window, sample) in windows.iter().zip(&walked.sample_of) {
             if let Some(&s) = sample.as_ref() {
                 probe_results(
                     &self.probes,
                     &self.kernel,
                     &mut self.devices,
-                    &mut cgroups[s],
+                    &mut walked.cgroups[s],
                     window.as_deref(),
                     seconds,
                 );
@@ -468,60 +332,68 @@ impl Sampler {
         if self.probes.runq.as_ref().is_ok_and(|r| r.blame().is_some())
             && !self.kernel.missing(probes::runq::NAME)
         {
-            blame::attribute(&self.dirs, &windows, &sample_of, &mut cgroups);
+            blame::attribute(&self.dirs, windows, &walked.sample_of, &mut walked.cgroups);
         }
-        // Walk order (parents before children), removed and unlisted cgroups last.
-        cgroups.extend(
-            removed
-                .into_iter()
-                .filter(|c| prefix.is_none_or(|p| cgroup::tree::under(&c.path, p))),
-        );
-        self.host.window = self.host_reader.sample();
-        // The last line of defence: a value no true window can hold (a broken
-        // baseline) is refused, never reported.
-        let cpus = self.host.window.cpu.as_ref().map(|c| c.cpus);
+    }
+
+    /// The last line of defence: a value no true window can hold (a broken
+    /// baseline) is refused, never reported: the cgroup's sample keeps its identity
+    /// and says why it has no numbers.
+    fn refuse_impossible(
+        &mut self,
+        cgroups: &mut [CgroupSample],
+        cpus: Option<usize>,
+        seconds: f64,
+        scan: &mut ScanErrors,
+    ) {
         // Not on the first scan, whose "windows" are whole lifetimes (on the node:
         // the root's 841 s of CPU in the 0.08 s since the sampler started, refused
         // and logged for a window nobody reads).
         let bounds = Bounds::now(cpus, seconds).filter(|_| self.baselined);
         self.baselined = true;
-        if let Some(bounds) = bounds {
-            for c in &mut cgroups {
-                let Some(what) = c.impossible(&bounds) else {
-                    continue;
-                };
-                // What was refused, so that a broken baseline can be told from a
-                // clock that jumped.
-                let detail = match what {
-                    "cpu_time" => format!(
-                        " ({:.3} s of CPU, {:.3} user, {:.3} system in {:.3} s on {} CPUs)",
-                        c.cpu.usage_seconds.unwrap_or(f64::NAN),
-                        c.cpu.user_seconds.unwrap_or(f64::NAN),
-                        c.cpu.system_seconds.unwrap_or(f64::NAN),
-                        c.stats_seconds(seconds),
-                        bounds.cpus
-                    ),
-                    _ => String::new(),
-                };
-                let error = format!("{what} impossible in this window{detail}: refused");
-                scan.count("impossible", 1);
-                scan.note(format!("{}: {error}", c.path));
-                *c = CgroupSample {
-                    path: std::mem::take(&mut c.path),
-                    raw_path_hex: c.raw_path_hex.take(),
-                    container: c.container.take(),
-                    unreadable: Some(Unreadable {
-                        reason: "impossible",
-                        error,
-                    }),
-                    ..CgroupSample::bare("", c.id, c.kind)
-                };
-            }
+        let Some(bounds) = bounds else {
+            return;
+        };
+        for c in cgroups {
+            let Some(what) = c.impossible(&bounds) else {
+                continue;
+            };
+            // What was refused, so that a broken baseline can be told from a clock
+            // that jumped.
+            let detail = match what {
+                "cpu_time" => format!(
+                    " ({:.3} s of CPU, {:.3} user, {:.3} system in {:.3} s on {} CPUs)",
+                    c.cpu.usage_seconds.unwrap_or(f64::NAN),
+                    c.cpu.user_seconds.unwrap_or(f64::NAN),
+                    c.cpu.system_seconds.unwrap_or(f64::NAN),
+                    c.stats_seconds(seconds),
+                    bounds.cpus
+                ),
+                _ => String::new(),
+            };
+            let error = format!("{what} impossible in this window{detail}: refused");
+            scan.count("impossible", 1);
+            scan.note(format!("{}: {error}", c.path));
+            *c = CgroupSample {
+                path: std::mem::take(&mut c.path),
+                raw_path_hex: c.raw_path_hex.take(),
+                container: c.container.take(),
+                unreadable: Some(Unreadable {
+                    reason: "impossible",
+                    error,
+                }),
+                ..CgroupSample::bare("", c.id, c.kind)
+            };
         }
-        scan.log();
+    }
 
-        self.previous = next;
-        self.previous_at = now;
+    /// The probes' status this window (with why a map could not be read, and how
+    /// full each per-cgroup map is) and what the agent cost the node.
+    fn status_and_cost(
+        &mut self,
+        cpus: Option<usize>,
+        seconds: f64,
+    ) -> (Vec<ProbeStatus>, CostSample) {
         let mut probes = self.probes.status();
         for (name, error) in self.kernel.failures() {
             if let Some(p) = probes.iter_mut().find(|p| p.name == *name) {
@@ -539,19 +411,7 @@ impl Sampler {
                 log::warn!("cgscope is {message}");
             }
         }
-        Snapshot {
-            schema: SCHEMA,
-            timestamp_seconds: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            window_seconds: seconds,
-            host: self.host.clone(),
-            probes,
-            scan_errors: scan.by_reason,
-            cost,
-            cgroups,
-        }
+        (probes, cost)
     }
 }
 
