@@ -23,7 +23,6 @@ use std::{
 };
 
 use common::TestTree;
-use nix::unistd::Pid;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
@@ -118,13 +117,7 @@ fn churn_floods_an_outage_and_tight_descriptors_leave_every_number_true() {
     let mut tree = TestTree::create("chaos");
     let pod = "kubepods-podc4a05000_0000_4000_8000_000000000000.slice";
     let ids = [format!("{:064x}", 0xc4a1u64), format!("{:064x}", 0xc4a2u64)];
-    let mut dirs = Vec::new();
-    for id in &ids {
-        let rel = format!("{pod}/cri-containerd-{id}.scope");
-        tree.mkdir(&rel);
-        tree.spawn(&rel, || common::pin(Pid::from_raw(0), 0), common::spin);
-        dirs.push(tree.top.dir.join(&rel));
-    }
+    let dirs = tree.spinning_pod(pod, &ids);
     tree.mkdir("churn");
     let churned = tree.top.dir.join("churn");
 

@@ -8,17 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{http_get, TestCgroup};
+use common::{http_get, serial, TestCgroup};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
-
-/// The tests attach probes and count loaded programs: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// cgscope's probes; each names its programs `<probe>_...`.
 const PROBES: [&str; 4] = ["runq", "blockio", "oom", "tcp"];

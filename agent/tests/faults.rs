@@ -14,7 +14,6 @@ use std::{
 };
 
 use common::TestTree;
-use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
@@ -36,13 +35,7 @@ fn out_of_descriptors_is_not_a_removal_and_no_number_exceeds_the_kernels() {
     // Two containers whose busy loops share CPU 0: together at most one CPU.
     let pod = "kubepods-podfa017000_0000_4000_8000_000000000000.slice";
     let ids = [format!("{:064x}", 0xfa01u64), format!("{:064x}", 0xfa02u64)];
-    let mut dirs = Vec::new();
-    for id in &ids {
-        let rel = format!("{pod}/cri-containerd-{id}.scope");
-        tree.mkdir(&rel);
-        tree.spawn(&rel, || common::pin(Pid::from_raw(0), 0), common::spin);
-        dirs.push(tree.top.dir.join(&rel));
-    }
+    let dirs = tree.spinning_pod(pod, &ids);
     // CPU they used before the agent started: counted again only by a bug.
     std::thread::sleep(Duration::from_secs(3));
 

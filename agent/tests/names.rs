@@ -16,17 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::TestTree;
+use common::{serial, TestTree};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
-
-/// One agent at a time: each attaches the probes and sees the whole node.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Each name, and how text shows it.
 const NAMES: &[(&str, &str)] = &[
@@ -238,27 +231,7 @@ fn prometheus_gets_the_exact_names() {
             other => panic!("/metrics without {top}: {other:?}"),
         }
     };
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write as _;
-        let mut stdin = promtool.stdin.take().expect("stdin");
-        stdin
-            .write_all(exposition.as_bytes())
-            .expect("feed promtool");
-    }
-    let lint = promtool.wait_with_output().expect("promtool");
-    assert!(
-        lint.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    common::promtool_check(&exposition);
 
     let query = format!("container_cpu_time_seconds_total{{cgscope_cgroup_path=~\"{top}/.*\"}}");
     let mut want: Vec<String> = NAMES

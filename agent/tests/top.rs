@@ -17,9 +17,6 @@ use common::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 
-/// One workload at a time: each measures CPU 0.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Two busy loops pinned to CPU 0 in `busy`, a sleeper in `idle`.
 fn workload(name: &str) -> (TestTree, String) {
     let mut tree = TestTree::create(name);
@@ -54,7 +51,7 @@ fn window_seconds(table: &str) -> Option<f64> {
 #[test]
 fn once_prints_the_table_with_the_cpu_the_cgroup_used() {
     require_root_and_cgroup_v2!();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = common::serial();
     let (tree, busy) = workload("top-once");
     let cpu_stat = tree.top.dir.join("busy/cpu.stat");
     for args in [&["top", "--once"][..], &["top"][..]] {
@@ -192,7 +189,7 @@ fn live_view_sorts_selects_shows_histograms_and_survives_resize() {
         eprintln!("skipped: no tmux (cargo xtask setup installs it)");
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = common::serial();
     let (tree, busy) = workload("top-live");
     let tmux = Tmux::new(180, 40, &format!("{BIN} top --interval 1s"));
     let screen = tmux.wait_for("the busy cgroup", |s| s.contains(&busy));

@@ -22,6 +22,43 @@ pub fn stop_agent(mut agent: std::process::Child) -> (std::process::ExitStatus, 
     (status, stderr)
 }
 
+/// One at a time within a test binary: its tests that start an agent or a workload
+/// each see the whole node (the probes' programs, CPU 0, every cgroup), so none may
+/// overlap another. A test that panicked leaves the lock usable.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `promtool check metrics` on an exposition: fails the test with promtool's words
+/// if it finds a fault.
+pub fn promtool_check(exposition: &str) {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("feed promtool");
+    let lint = promtool.wait_with_output().expect("promtool");
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
 /// `GET path` over HTTP/1.0; the status and the body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let (status, body) = http_get_bytes(addr, path, &[])?;

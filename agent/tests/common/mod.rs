@@ -251,6 +251,20 @@ impl TestTree {
         self.make(rel, true)
     }
 
+    /// A kubepods-style pod slice `pod` with one cri-containerd scope per id in
+    /// `ids`, each running a busy loop pinned to CPU 0: together they use at most
+    /// one CPU. Returns the containers' directories.
+    pub fn spinning_pod(&mut self, pod: &str, ids: &[String]) -> Vec<PathBuf> {
+        ids.iter()
+            .map(|id| {
+                let rel = format!("{pod}/cri-containerd-{id}.scope");
+                self.mkdir(&rel);
+                self.spawn(&rel, || pin(Pid::from_raw(0), 0), spin);
+                self.top.dir.join(&rel)
+            })
+            .collect()
+    }
+
     /// Creates `rel` level by level; with `delegate`, each level first enables for
     /// its children every controller it has.
     fn make(&mut self, rel: &str, delegate: bool) -> String {

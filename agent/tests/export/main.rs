@@ -20,20 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, http_get, spin, Peer, TestTree};
+use common::{free_port, http_get, serial, spin, Peer, TestTree};
 use peers::{rotel, RotelOutput};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
 const POD_UID: &str = "4a0c5e1d-2b3f-4c6d-8e9f-0a1b2c3d4e5f";
 const CONTAINER_ID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
-/// One agent at a time: they share the CPU the workloads measure.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A kubepods-style container with two spinners sharing CPU 0 (so it has run-queue
 /// latency), and its path as cgscope reports it.
@@ -257,25 +250,7 @@ fn prometheus_scrapes_and_answers_promql() {
             other => panic!("/metrics: {other:?}"),
         }
     };
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (run cargo xtask setup)");
-    {
-        use std::io::Write as _;
-        let mut stdin = promtool.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("feed promtool");
-    }
-    let lint = promtool.wait_with_output().expect("promtool");
-    assert!(
-        lint.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    common::promtool_check(&text);
 
     // Every path of the OpenAPI description answers, JSON where it says so.
     let openapi =

@@ -8,19 +8,15 @@ mod scenarios;
 
 use std::{process::Command, time::Duration};
 
-use common::truth::{self, Recorder};
+use common::{
+    serial,
+    truth::{self, Recorder},
+};
 
 use scenarios::Scenario;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cgscope");
-
-/// One scenario at a time: each sees the whole node, other scenarios included.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn run(args: &[&str]) -> Value {
     let out = Command::new(BIN)
