@@ -14,7 +14,7 @@ pub const MAX_INFLIGHT: u32 = 16_384;
 /// Capacity of `BLOCKIO_UNTIMED_QUEUES`: request queues without device timestamps.
 pub const MAX_QUEUES: u32 = 256;
 
-/// Operations, the `op` of [`IoKey`].
+/// Operations, the `op` of [`BlockioKey`].
 pub mod op {
     pub const READ: u32 = 0;
     /// Also `REQ_OP_WRITE_ZEROES`.
@@ -62,7 +62,7 @@ pub mod event {
 /// Key of `BLOCKIO_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IoKey {
+pub struct BlockioKey {
     /// cgroup v2 id.
     pub cgroup_id: u64,
     /// The whole disk, `major << 20 | minor` (the kernel's `dev_t` layout).
@@ -71,12 +71,12 @@ pub struct IoKey {
     pub op: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<IoKey>() == 16);
+const _: () = assert!(core::mem::size_of::<BlockioKey>() == 16);
 
 /// Value of `BLOCKIO_STATS`, shared by all CPUs and updated with atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct IoStats {
+pub struct BlockioStats {
     /// Completed requests.
     pub ios: u64,
     /// Completed bytes.
@@ -88,9 +88,9 @@ pub struct IoStats {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<IoStats>() == 16 + 2 * core::mem::size_of::<Histogram>());
+    assert!(core::mem::size_of::<BlockioStats>() == 16 + 2 * core::mem::size_of::<Histogram>());
 
-impl IoStats {
+impl BlockioStats {
     pub const ZERO: Self = Self {
         ios: 0,
         bytes: 0,
@@ -152,9 +152,9 @@ const _: () = assert!(core::mem::size_of::<BlockioConfig>() == 64);
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: repr(C), Copy, explicit padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::IoKey {}
+    unsafe impl aya::Pod for super::BlockioKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::IoStats {}
+    unsafe impl aya::Pod for super::BlockioStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BlockioConfig {}
 }

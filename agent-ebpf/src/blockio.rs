@@ -34,7 +34,8 @@ use aya_ebpf::{
 };
 use cgscope_common::{
     blockio::{
-        event, op, owner, BlockioConfig, IoKey, IoStats, DEFAULT_MAX_KEYS, MAX_INFLIGHT, MAX_QUEUES,
+        event, op, owner, BlockioConfig, BlockioKey, BlockioStats, DEFAULT_MAX_KEYS, MAX_INFLIGHT,
+        MAX_QUEUES,
     },
     histogram::{atomic_add_u64, record_shared},
 };
@@ -72,12 +73,12 @@ fn config() -> BlockioConfig {
 /// Per (cgroup, disk, operation), shared by all CPUs (atomic adds): one copy per
 /// triple instead of one per CPU, at the price of an atomic add per IO.
 #[map]
-static BLOCKIO_STATS: HashMap<IoKey, IoStats> =
+static BLOCKIO_STATS: HashMap<BlockioKey, BlockioStats> =
     HashMap::with_max_entries(DEFAULT_MAX_KEYS, BPF_F_NO_PREALLOC);
 
 /// A zeroed value for new `BLOCKIO_STATS` entries (too large for the stack).
 #[map]
-static BLOCKIO_ZERO: Array<IoStats> = Array::with_max_entries(1, 0);
+static BLOCKIO_ZERO: Array<BlockioStats> = Array::with_max_entries(1, 0);
 
 /// A request's dispatch, noted by the issue program (the fallback).
 #[repr(C)]
@@ -242,7 +243,7 @@ fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
     // A partial completion adds its bytes; the request counts once, at its last one.
     let last = nr_bytes >= u64::from(load::<u32>(rq, cfg.request_data_len));
     let queue = load::<*const u8>(rq, cfg.request_q);
-    let key = IoKey {
+    let key = BlockioKey {
         cgroup_id: owner_of(rq, &cfg),
         dev: disk_of(rq, queue, &cfg),
         op,

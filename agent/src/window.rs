@@ -19,7 +19,7 @@ use crate::{
     net::NetworkSample,
     probes::{
         oom::OomKill,
-        reader::{IoWindow, TcpWindow},
+        reader::{BlockioWindow, TcpWindow},
     },
     sample::{
         Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,
@@ -124,9 +124,9 @@ fn rate(events: u64, seconds: f64) -> f64 {
 /// Adds the blockio probe's window to a cgroup's devices: every device it lists
 /// (from `io.stat` or from the probe) gets the probe's per-operation counts and
 /// latencies, zero where the probe saw no request.
-pub fn block_io(
+pub fn blockio(
     sample: &mut Option<IoSample>,
-    windows: &[IoWindow],
+    windows: &[BlockioWindow],
     seconds: f64,
     names: &mut DeviceNames,
 ) {
@@ -380,10 +380,10 @@ mod tests {
         // The probe's requests join the io.stat device, or add one io.stat lacks.
         let mut io = Some(io);
         let windows = [
-            IoWindow::requests(7 << 20, 0, 50),
-            IoWindow::requests(8 << 20 | 16, 1, 4),
+            BlockioWindow::requests(7 << 20, 0, 50),
+            BlockioWindow::requests(8 << 20 | 16, 1, 4),
         ];
-        block_io(&mut io, &windows, 2.0, &mut DeviceNames::default());
+        blockio(&mut io, &windows, 2.0, &mut DeviceNames::default());
         let devices = &io.unwrap().devices;
         assert_eq!(devices.len(), 2);
         let loop0 = devices[0].completed.as_ref().unwrap();
@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(devices[1].completed.as_ref().unwrap().write.bytes, 4 * 4096);
         assert_eq!(devices[1].latency.as_ref().unwrap().write.count, 0);
         let mut none = None;
-        block_io(&mut none, &[], 2.0, &mut DeviceNames::default());
+        blockio(&mut none, &[], 2.0, &mut DeviceNames::default());
         assert!(none.is_none(), "no io.stat and no requests: no io object");
         let p = pressure(&now, Some(&before)).cpu.unwrap();
         assert_eq!(

@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     Ebpf, EbpfLoader,
 };
-use cgscope_common::blockio::{dev_parts, event, owner, BlockioConfig, IoKey, IoStats};
+use cgscope_common::blockio::{dev_parts, event, owner, BlockioConfig, BlockioKey, BlockioStats};
 
 use super::{attach_all, counters, take_map, tracepoint_program, ProbeConfig, ProbeError};
 use crate::{
@@ -97,7 +97,7 @@ pub fn size_maps(loader: &mut EbpfLoader, config: &ProbeConfig, owner: u32) {
 
 /// Cumulative counters of one (cgroup, disk, operation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoTotals {
+pub struct BlockioTotals {
     pub ios: u64,
     pub bytes: u64,
     pub queue: LatencyTotals,
@@ -115,7 +115,7 @@ enum Fallback {
 
 /// The attached probe and its maps.
 pub struct Blockio {
-    stats: BpfHashMap<MapData, IoKey, IoStats>,
+    stats: BpfHashMap<MapData, BlockioKey, BlockioStats>,
     untimed: BpfHashMap<MapData, u64, u32>,
     events: PerCpuArray<MapData, u64>,
     owner: u32,
@@ -201,8 +201,8 @@ impl Blockio {
 
     /// Reads the cumulative counters of every (cgroup, disk, operation) into `out`
     /// (cleared first).
-    pub fn read(&self, out: &mut HashMap<IoKey, IoTotals>) -> Result<(), MapError> {
-        super::read_map(self.stats.iter(), out, |v| IoTotals {
+    pub fn read(&self, out: &mut HashMap<BlockioKey, BlockioTotals>) -> Result<(), MapError> {
+        super::read_map(self.stats.iter(), out, |v| BlockioTotals {
             ios: v.ios,
             bytes: v.bytes,
             queue: LatencyTotals::from_cpus([&v.queue]),
@@ -212,7 +212,7 @@ impl Blockio {
 
     /// Deletes the entries of removed cgroups (`keys` from a `read` whose cgroup is
     /// missing from a tree walked after it).
-    pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a IoKey>) {
+    pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a BlockioKey>) {
         for key in keys {
             let _ = self.stats.remove(key);
         }

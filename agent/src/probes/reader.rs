@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use aya::maps::MapError;
 
-use cgscope_common::{blame::BlameKey, blockio::IoKey};
+use cgscope_common::{blame::BlameKey, blockio::BlockioKey};
 
 use super::{
-    blockio::IoTotals,
+    blockio::BlockioTotals,
     oom::OomKill,
     tcp::{TcpKey, TcpTotals},
     Probes,
@@ -21,9 +21,9 @@ use crate::histogram::{LatencyTotals, LatencyWindow};
 #[derive(Default)]
 struct Reading {
     runq: HashMap<u64, LatencyTotals>,
-    io: HashMap<IoKey, IoTotals>,
-    /// `io`'s keys by cgroup id.
-    io_keys: HashMap<u64, Vec<IoKey>>,
+    blockio: HashMap<BlockioKey, BlockioTotals>,
+    /// `blockio`'s keys by cgroup id.
+    blockio_keys: HashMap<u64, Vec<BlockioKey>>,
     /// OOM kills since the previous reading (events, not counters).
     oom: Vec<OomKill>,
     tcp: HashMap<TcpKey, TcpTotals>,
@@ -40,8 +40,8 @@ impl Reading {
         self.blame.clear();
         self.blame_keys.clear();
         self.runq.clear();
-        self.io.clear();
-        self.io_keys.clear();
+        self.blockio.clear();
+        self.blockio_keys.clear();
         self.oom.clear();
         self.tcp.clear();
         self.tcp_keys.clear();
@@ -50,7 +50,7 @@ impl Reading {
 
 /// Block IO of one (disk, operation) in a window.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoWindow {
+pub struct BlockioWindow {
     /// `major << 20 | minor`
     pub dev: u32,
     /// `cgscope_common::blockio::op`
@@ -61,7 +61,7 @@ pub struct IoWindow {
     pub device: LatencyWindow,
 }
 
-impl IoWindow {
+impl BlockioWindow {
     /// `ios` requests of 4 KiB with no latency recorded (for tests).
     #[cfg(test)]
     pub fn requests(dev: u32, op: u32, ios: u64) -> Self {
@@ -88,7 +88,7 @@ impl IoWindow {
 pub struct ProbeWindow {
     pub runq: LatencyWindow,
     /// One entry per (disk, operation) with IO.
-    pub io: Vec<IoWindow>,
+    pub blockio: Vec<BlockioWindow>,
     /// Processes killed by the OOM killer.
     pub oom: Vec<OomKill>,
     /// TCP, summed over the cgroup's network namespaces.
@@ -163,14 +163,14 @@ impl ProbeWindow {
             }
         }
         self.runq.add(&other.runq);
-        for theirs in &other.io {
+        for theirs in &other.blockio {
             match self
-                .io
+                .blockio
                 .iter_mut()
                 .find(|o| o.dev == theirs.dev && o.op == theirs.op)
             {
                 Some(ours) => ours.add(theirs),
-                None => self.io.push(theirs.clone()),
+                None => self.blockio.push(theirs.clone()),
             }
         }
         self.oom.extend_from_slice(&other.oom);
@@ -179,7 +179,7 @@ impl ProbeWindow {
 
     pub fn is_empty(&self) -> bool {
         self.runq.count() == 0
-            && self.io.iter().all(|io| io.ios == 0 && io.bytes == 0)
+            && self.blockio.iter().all(|io| io.ios == 0 && io.bytes == 0)
             && self.oom.is_empty()
             && self.tcp.is_empty()
             && self.blame.is_empty()
@@ -231,8 +231,8 @@ impl ProbeReader {
             index_by_cgroup(now.blame.keys(), |k| k.victim, &mut now.blame_keys);
         }
         if let Ok(blockio) = &probes.blockio {
-            check(super::blockio::NAME, blockio.read(&mut now.io));
-            index_by_cgroup(now.io.keys(), |k| k.cgroup_id, &mut now.io_keys);
+            check(super::blockio::NAME, blockio.read(&mut now.blockio));
+            index_by_cgroup(now.blockio.keys(), |k| k.cgroup_id, &mut now.blockio_keys);
         }
         if let Ok(oom) = &mut probes.oom {
             check(super::oom::NAME, oom.read(&mut now.oom));
@@ -263,7 +263,7 @@ impl ProbeReader {
     pub fn map_entries(&self) -> [(&'static str, u64); 3] {
         [
             (super::runq::NAME, self.now.runq.len() as u64),
-            (super::blockio::NAME, self.now.io.len() as u64),
+            (super::blockio::NAME, self.now.blockio.len() as u64),
             (super::tcp::NAME, self.now.tcp.len() as u64),
         ]
     }
@@ -274,7 +274,7 @@ impl ProbeReader {
         let now = &self.now;
         if !(now.runq.contains_key(&id)
             || now.blame_keys.contains_key(&id)
-            || now.io_keys.contains_key(&id)
+            || now.blockio_keys.contains_key(&id)
             || now.tcp_keys.contains_key(&id)
             || now.oom.iter().any(|k| k.counted_in == id))
         {
@@ -285,22 +285,22 @@ impl ProbeReader {
             .runq
             .get(&id)
             .map(|r| r.since(self.previous.runq.get(&id)));
-        let io: Vec<IoWindow> = self
+        let blockio: Vec<BlockioWindow> = self
             .now
-            .io_keys
+            .blockio_keys
             .get(&id)
             .into_iter()
             .flatten()
             .map(|key| {
-                let now = &self.now.io[key];
+                let now = &self.now.blockio[key];
                 // An entry created again since the last read: all of it is new.
-                let before = self.previous.io.get(key).filter(|b| {
+                let before = self.previous.blockio.get(key).filter(|b| {
                     !(now.ios < b.ios
                         || now.bytes < b.bytes
                         || now.queue.went_back(&b.queue)
                         || now.device.went_back(&b.device))
                 });
-                IoWindow {
+                BlockioWindow {
                     dev: key.dev,
                     op: key.op,
                     ios: now.ios - before.map_or(0, |b| b.ios),
@@ -331,7 +331,7 @@ impl ProbeReader {
         blame.sort_unstable();
         let window = ProbeWindow {
             runq: runq.unwrap_or_default(),
-            io,
+            blockio,
             oom: oom.cloned().collect(),
             tcp,
             blame,
@@ -357,7 +357,7 @@ impl ProbeReader {
     pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
         let mut ids: Vec<u64> = self.now.runq.keys().copied().collect();
         ids.extend(self.now.blame_keys.keys());
-        ids.extend(self.now.io_keys.keys());
+        ids.extend(self.now.blockio_keys.keys());
         ids.extend(self.now.oom.iter().map(|k| k.cgroup_id));
         ids.extend(self.now.tcp_keys.keys());
         ids.sort_unstable();
@@ -374,7 +374,7 @@ impl ProbeReader {
         if let Ok(blockio) = &mut probes.blockio {
             blockio.forget(
                 dead.iter()
-                    .filter_map(|id| self.now.io_keys.get(id))
+                    .filter_map(|id| self.now.blockio_keys.get(id))
                     .flatten(),
             );
         }
@@ -395,24 +395,24 @@ mod tests {
     #[test]
     fn windows_add_per_disk_and_operation() {
         let mut parent = ProbeWindow {
-            io: vec![IoWindow::requests(1, 0, 2)],
+            blockio: vec![BlockioWindow::requests(1, 0, 2)],
             ..ProbeWindow::default()
         };
         let child = ProbeWindow {
-            io: vec![
-                IoWindow::requests(1, 0, 3),
-                IoWindow::requests(1, 1, 1),
-                IoWindow::requests(2, 0, 5),
+            blockio: vec![
+                BlockioWindow::requests(1, 0, 3),
+                BlockioWindow::requests(1, 1, 1),
+                BlockioWindow::requests(2, 0, 5),
             ],
             ..ProbeWindow::default()
         };
         parent.add(&child);
         assert_eq!(
-            parent.io,
+            parent.blockio,
             vec![
-                IoWindow::requests(1, 0, 5),
-                IoWindow::requests(1, 1, 1),
-                IoWindow::requests(2, 0, 5)
+                BlockioWindow::requests(1, 0, 5),
+                BlockioWindow::requests(1, 1, 1),
+                BlockioWindow::requests(2, 0, 5)
             ]
         );
         assert!(!parent.is_empty());

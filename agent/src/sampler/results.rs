@@ -32,8 +32,8 @@ pub(super) fn probe_results(
             Some(window.map_or_else(LatencySummary::empty, |w| LatencySummary::from(&w.runq)));
     }
     if measured(probes.blockio.is_ok(), probes::blockio::NAME) {
-        let io = window.map_or(&[][..], |w| &w.io);
-        window::block_io(&mut sample.io, io, seconds, devices);
+        let blockio = window.map_or(&[][..], |w| &w.blockio);
+        window::blockio(&mut sample.io, blockio, seconds, devices);
     }
     if measured(probes.tcp.is_ok(), probes::tcp::NAME) {
         let network = sample.network.get_or_insert_with(NetworkSample::default);
