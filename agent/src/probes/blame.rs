@@ -74,9 +74,7 @@ impl Blame {
             .flatten()
             .filter(|k| dead.contains(&k.victim) || dead.contains(&k.culprit))
             .collect();
-        for key in gone {
-            let _ = self.pairs.remove(&key);
-        }
+        super::forget_keys(&mut self.pairs, &gone);
     }
 
     /// Pieces lost or cut short since load, by reason.

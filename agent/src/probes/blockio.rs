@@ -213,9 +213,7 @@ impl Blockio {
     /// Deletes the entries of removed cgroups (`keys` from a `read` whose cgroup is
     /// missing from a tree walked after it).
     pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a BlockioKey>) {
-        for key in keys {
-            let _ = self.stats.remove(key);
-        }
+        super::forget_keys(&mut self.stats, keys);
     }
 
     pub fn status(&self) -> ProbeStatus {

@@ -127,6 +127,17 @@ where
     Ok(())
 }
 
+/// Deletes `keys` from a per-cgroup map: the entries of removed cgroups. A key
+/// already gone (the kernel or an earlier window removed it) is no error.
+pub(crate) fn forget_keys<'a, K: aya::Pod + 'a, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<MapData, K, V>,
+    keys: impl IntoIterator<Item = &'a K>,
+) {
+    for key in keys {
+        let _ = map.remove(key);
+    }
+}
+
 /// Every probe, attached or with the reason it is not.
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.

@@ -111,9 +111,7 @@ impl Tcp {
 
     /// Deletes the entries of removed cgroups.
     pub fn forget<'a>(&mut self, keys: impl IntoIterator<Item = &'a TcpKey>) {
-        for key in keys {
-            let _ = self.stats.remove(key);
-        }
+        super::forget_keys(&mut self.stats, keys);
     }
 
     pub fn status(&self) -> ProbeStatus {
