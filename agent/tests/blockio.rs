@@ -213,8 +213,14 @@ fn direct_reads_on_a_loop_device_match_fio_and_biolatency() {
         kernel_mean * 1e6,
         mean * 1e6
     );
+    // Both start at the request's start_time_ns; cgscope ends at block_rq_complete,
+    // which the kernel fires before it takes the time diskstats ends at: cgscope's
+    // mean is at most the kernel's (up to diskstats' two whole-millisecond
+    // readings), and below it by that per-request gap only. The gap grows when the
+    // other core is busy: 1-2 % idle, up to 9 % seen with a VM on the other core.
+    let rounding = 2e-3 / reads as f64;
     assert!(
-        (mean - kernel_mean).abs() / kernel_mean <= 0.03,
+        mean <= kernel_mean + rounding && mean >= kernel_mean * 0.75,
         "queue latency mean {mean} vs diskstats {kernel_mean}"
     );
     assert!(
