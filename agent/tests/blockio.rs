@@ -214,13 +214,14 @@ fn direct_reads_on_a_loop_device_match_fio_and_biolatency() {
         mean * 1e6
     );
     // Both start at the request's start_time_ns; cgscope ends at block_rq_complete,
-    // which the kernel fires before it takes the time diskstats ends at: cgscope's
-    // mean is at most the kernel's (up to diskstats' two whole-millisecond
-    // readings), and below it by that per-request gap only. The gap grows when the
-    // other core is busy: 1-2 % idle, up to 9 % seen with a VM on the other core.
+    // diskstats at a time the kernel takes near it: before it for a batch of
+    // completions (one time for the batch), after it for one request. Above the
+    // kernel's mean by 3 % at most (as ever), below it by the gap to the
+    // accounting, which grows when the other core is busy: 1-2 % idle, up to 9 %
+    // seen with a VM on the other core, where a fixed 3 % failed.
     let rounding = 2e-3 / reads as f64;
     assert!(
-        mean <= kernel_mean + rounding && mean >= kernel_mean * 0.75,
+        mean <= kernel_mean * 1.03 + rounding && mean >= kernel_mean * 0.75,
         "queue latency mean {mean} vs diskstats {kernel_mean}"
     );
     assert!(
