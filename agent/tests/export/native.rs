@@ -44,22 +44,13 @@ fn exposed(listen: &str, path: &str) -> Option<Own> {
             (RUNQ, Some(m)) => {
                 let h = m.histogram.as_ref().expect("a histogram");
                 assert_eq!(h.schema(), 3);
-                // Spans and deltas back to counts, Prometheus index i = OTLP i - 1.
-                let (mut index, mut count, mut deltas) = (0, 0i64, h.positive_delta.iter());
-                let mut buckets = Vec::new();
-                for span in &h.positive_span {
-                    index += span.offset();
-                    for _ in 0..span.length {
-                        count += deltas.next().expect("a delta per bucket");
-                        buckets.push((index - 1, count as u64));
-                        index += 1;
-                    }
-                }
-                // Dense from the first bucket: the gaps between spans are empty.
-                let offset = buckets.first().map_or(0, |b| b.0);
+                let buckets = h.positive_buckets().expect("spans and deltas that agree");
+                // Prometheus index i = OTLP i - 1; dense from the first bucket (the
+                // gaps between spans are empty).
+                let offset = buckets.first().map_or(0, |b| b.0 - 1);
                 let mut bucket_counts = Vec::new();
                 for (index, count) in buckets {
-                    bucket_counts.resize((index - offset) as usize, 0);
+                    bucket_counts.resize((index - 1 - offset) as usize, 0);
                     bucket_counts.push(count);
                 }
                 histogram = Some(ExponentialHistogram {

@@ -256,6 +256,25 @@ pub struct Histogram {
     pub positive_delta: Vec<i64>,
 }
 
+impl Histogram {
+    /// The native buckets as (Prometheus index, count), spans and deltas undone,
+    /// the empty buckets inside spans included; `None` if the deltas do not match the
+    /// spans' lengths or a count goes below zero.
+    pub fn positive_buckets(&self) -> Option<Vec<(i32, u64)>> {
+        let (mut index, mut count, mut deltas) = (0i32, 0i64, self.positive_delta.iter());
+        let mut buckets = Vec::with_capacity(self.positive_delta.len());
+        for span in &self.positive_span {
+            index += span.offset();
+            for _ in 0..span.length {
+                count += deltas.next()?;
+                buckets.push((index, u64::try_from(count).ok()?));
+                index += 1;
+            }
+        }
+        deltas.next().is_none().then_some(buckets)
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Bucket {
     #[prost(uint64, optional, tag = "1")]

@@ -5,7 +5,7 @@ use prost::Message as _;
 
 use super::{
     example,
-    protobuf::{self, negotiate, BucketSpan, Format, MetricFamily, MetricType},
+    protobuf::{self, negotiate, BucketSpan, Format, Histogram, MetricFamily, MetricType},
     text,
 };
 
@@ -166,21 +166,15 @@ fn every_text_sample_is_the_protobufs() {
 
 /// (index, count) of every non-empty native bucket, from spans and deltas.
 fn expand(spans: &[BucketSpan], deltas: &[i64]) -> Vec<(i32, u64)> {
-    let (mut index, mut count, mut deltas) = (0i32, 0i64, deltas.iter());
-    let mut buckets = Vec::new();
-    for span in spans {
-        index += span.offset();
-        for _ in 0..span.length {
-            count += deltas.next().expect("a delta per bucket");
-            assert!(count >= 0);
-            if count > 0 {
-                buckets.push((index, count as u64));
-            }
-            index += 1;
-        }
-    }
-    assert!(deltas.next().is_none(), "a delta per bucket, no more");
-    buckets
+    let h = Histogram {
+        positive_span: spans.to_vec(),
+        positive_delta: deltas.to_vec(),
+        ..Histogram::default()
+    };
+    let buckets = h
+        .positive_buckets()
+        .expect("a delta per bucket, counts >= 0");
+    buckets.into_iter().filter(|&(_, n)| n > 0).collect()
 }
 
 #[test]
