@@ -26,8 +26,7 @@
 //! own `rq_disk`, not its queue's (`BlockioConfig::request_disk`).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    helpers::bpf_get_current_cgroup_id,
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -40,7 +39,10 @@ use cgscope_common::{
     histogram::{atomic_add_u64, record_shared},
 };
 
-use crate::kernel::{bump, cgroup_id, load, offsets, BPF_F_NO_PREALLOC, ROOT_CGROUP_ID};
+use crate::kernel::{
+    bump, cgroup_id, entry_or_zeroed, load, loaded, now_ns, offsets, BPF_F_NO_PREALLOC,
+    ROOT_CGROUP_ID,
+};
 
 /// Settings and field offsets; set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -65,9 +67,7 @@ static BLOCKIO_CONFIG: BlockioConfig = BlockioConfig {
 
 #[inline(always)]
 fn config() -> BlockioConfig {
-    // SAFETY: a plain read of an initialised static; volatile so that the compiler
-    // does not fold the zero initialiser: the loader rewrites the value.
-    unsafe { core::ptr::read_volatile(&BLOCKIO_CONFIG) }
+    loaded(&BLOCKIO_CONFIG)
 }
 
 /// Per (cgroup, disk, operation), shared by all CPUs (atomic adds): one copy per
@@ -248,15 +248,7 @@ fn try_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
         dev: disk_of(rq, queue, &cfg),
         op,
     };
-    let stats = match BLOCKIO_STATS.get_ptr_mut(&key) {
-        Some(stats) => stats,
-        None => {
-            let zero = BLOCKIO_ZERO.get(0).ok_or(event::STATS_FULL)?;
-            // EEXIST means another CPU created it first: fine.
-            let _ = BLOCKIO_STATS.insert(&key, zero, u64::from(BPF_NOEXIST));
-            BLOCKIO_STATS.get_ptr_mut(&key).ok_or(event::STATS_FULL)?
-        }
-    };
+    let stats = entry_or_zeroed!(BLOCKIO_STATS, &key, BLOCKIO_ZERO).ok_or(event::STATS_FULL)?;
     // SAFETY: a live map value, 8-byte aligned; its counters are only updated with
     // atomic adds.
     unsafe { atomic_add_u64(&raw mut (*stats).bytes, nr_bytes) };
@@ -336,12 +328,6 @@ fn owner_of(rq: *const u8, cfg: &BlockioConfig) -> u64 {
         count(event::CGROUP_UNREADABLE);
         ROOT_CGROUP_ID
     })
-}
-
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

@@ -48,10 +48,33 @@ static TASK_OFFSETS: TaskOffsets = TaskOffsets {
 
 #[inline(always)]
 pub fn offsets() -> TaskOffsets {
+    loaded(&TASK_OFFSETS)
+}
+
+/// The value of a global the agent writes at load time (a probe's configuration).
+#[inline(always)]
+pub fn loaded<T: Copy>(global: &'static T) -> T {
     // SAFETY: a plain read of an initialised static; volatile so that the compiler
     // does not fold the zero initialiser: the loader rewrites the value.
-    unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+    unsafe { core::ptr::read_volatile(global) }
 }
+
+/// A pointer to `key`'s value in the hash map `map` (per-CPU or shared), created
+/// from the zeroed value at index 0 of the array `zero` (values too large for the
+/// stack) where it is missing; `None` when the map is full. Another CPU creating
+/// it first (`EEXIST`) is fine: its entry is the one returned.
+macro_rules! entry_or_zeroed {
+    ($map:expr, $key:expr, $zero:expr) => {
+        match $map.get_ptr_mut($key) {
+            Some(value) => Some(value),
+            None => $zero.get(0).and_then(|zero| {
+                let _ = $map.insert($key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+                $map.get_ptr_mut($key)
+            }),
+        }
+    };
+}
+pub(crate) use entry_or_zeroed;
 
 /// The clock of every probe: `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
 #[inline(always)]

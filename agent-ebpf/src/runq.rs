@@ -19,7 +19,6 @@
 //! lives, so a reused thread id cannot meet an older task's entry.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -32,7 +31,8 @@ use cgscope_common::{
 use crate::{
     blame,
     kernel::{
-        bump, load, now_ns, offsets, task_cgroup_id, task_on_cpu, task_pid, BPF_F_NO_PREALLOC,
+        bump, entry_or_zeroed, load, now_ns, offsets, task_cgroup_id, task_on_cpu, task_pid,
+        BPF_F_NO_PREALLOC,
     },
 };
 
@@ -207,15 +207,7 @@ fn enqueue(task: *const u8, cgroup_id: u64, now: u64, cpu: u32) -> Result<(), u3
 
 #[inline(always)]
 fn record(cgroup_id: u64, delay_ns: u64) -> Result<(), u32> {
-    let hist = match RUNQ_HIST.get_ptr_mut(&cgroup_id) {
-        Some(hist) => hist,
-        None => {
-            let zero = RUNQ_ZERO.get(0).ok_or(drop::HIST_FULL)?;
-            // EEXIST means another CPU created it first: fine.
-            let _ = RUNQ_HIST.insert(&cgroup_id, zero, u64::from(BPF_NOEXIST));
-            RUNQ_HIST.get_ptr_mut(&cgroup_id).ok_or(drop::HIST_FULL)?
-        }
-    };
+    let hist = entry_or_zeroed!(RUNQ_HIST, &cgroup_id, RUNQ_ZERO).ok_or(drop::HIST_FULL)?;
     // SAFETY: a per-CPU map value, only written from this CPU with preemption off.
     unsafe { (*hist).record(delay_ns) };
     Ok(())

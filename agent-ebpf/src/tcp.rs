@@ -27,8 +27,7 @@
 //!   on 6.1-6.18.)
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
+    helpers::{bpf_jiffies64, bpf_skc_to_tcp_sock},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -41,7 +40,10 @@ use cgscope_common::{
     },
 };
 
-use crate::kernel::{bump, cgroup_id, load, offsets, BPF_F_NO_PREALLOC, ROOT_CGROUP_ID};
+use crate::kernel::{
+    bump, cgroup_id, entry_or_zeroed, load, loaded, now_ns, offsets, BPF_F_NO_PREALLOC,
+    ROOT_CGROUP_ID,
+};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
@@ -66,9 +68,7 @@ static TCP_CONFIG: TcpConfig = TcpConfig {
 
 #[inline(always)]
 fn config() -> TcpConfig {
-    // SAFETY: a plain read of an initialised static; volatile so that the compiler
-    // does not fold the zero initialiser: the loader rewrites the value.
-    unsafe { core::ptr::read_volatile(&TCP_CONFIG) }
+    loaded(&TCP_CONFIG)
 }
 
 /// Per (cgroup, netns), shared by all CPUs (atomic adds).
@@ -266,23 +266,11 @@ fn stats(sk: *const u8, cfg: &TcpConfig) -> Option<*mut TcpStats> {
         netns: load::<u32>(net, cfg.net_inum),
         _pad: 0,
     };
-    if let Some(stats) = TCP_STATS.get_ptr_mut(&key) {
-        return Some(stats);
-    }
-    let zero = TCP_ZERO.get(0)?;
-    // EEXIST means another CPU created it first: fine.
-    let _ = TCP_STATS.insert(&key, zero, u64::from(BPF_NOEXIST));
-    let stats = TCP_STATS.get_ptr_mut(&key);
+    let stats = entry_or_zeroed!(TCP_STATS, &key, TCP_ZERO);
     if stats.is_none() {
         count(event::STATS_FULL);
     }
     stats
-}
-
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
