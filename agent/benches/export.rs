@@ -18,7 +18,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use prost::Message as _;
 
 use cgscope::{
-    cgroup::identity::{CgroupKind, Qos, Runtime},
     export::{
         filter::Filter,
         otlp::{self, Temporality},
@@ -28,12 +27,11 @@ use cgscope::{
         store::Store,
         transport::gzip_bytes,
     },
-    histogram::{LatencySummary, LatencyTotals},
-    host::{HostCpu, HostSample},
-    net::{Interface, NetworkSample},
-    sample::{
-        CgroupSample, Completed, ContainerSample, CpuSample, Host, IoDeviceSample, IoSample,
-        MemorySample, PerOperation, PidsSample, PressureSample, PressureWindow, Snapshot, SCHEMA,
+    histogram::LatencyTotals,
+    snapshot::{
+        CgroupKind, CgroupSample, Completed, ContainerSample, CpuSample, Host, HostCpu, HostSample,
+        Interface, IoDeviceSample, IoSample, LatencySummary, MemorySample, NetworkSample,
+        PerOperation, PidsSample, PressureSample, PressureWindow, Qos, Runtime, Snapshot, SCHEMA,
     },
 };
 use cgscope_common::histogram::Histogram;
@@ -192,7 +190,7 @@ fn snapshot(containers: usize, round: u64) -> Snapshot {
         cost: Default::default(),
         host: Host {
             kernel: "6.12.0".into(),
-            cgroup_mode: cgscope::cgroup::mount::CgroupMode::Unified,
+            cgroup_mode: cgscope::snapshot::CgroupMode::Unified,
             cgroup_root: "/sys/fs/cgroup".into(),
             window: HostSample {
                 cpu: Some(HostCpu {

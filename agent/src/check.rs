@@ -9,14 +9,10 @@ use serde::Serialize;
 
 use crate::{
     btf::VMLINUX_BTF,
-    cgroup::mount::CgroupMode,
     privilege::{self, CapabilityStatus},
     probes::Probes,
-    sample::ProbeStatus,
-    sampler::{
-        cost::{CostSample, CostWatch},
-        kernel_release, resolve_root, SamplerConfig,
-    },
+    sampler::{cost::CostWatch, kernel_release, resolve_root, SamplerConfig},
+    snapshot::{CgroupMode, CostSample, ProbeStatus},
 };
 
 /// How long `check` watches the attached probes run to tell what they cost.

@@ -8,11 +8,11 @@ use cgscope_common::runq::DEFAULT_MAX_CGROUPS;
 use clap::{Args, ValueEnum};
 
 use crate::{
-    cgroup::identity::CgroupKind,
     export::filter::{parse_label, Filter, DEFAULT_MAX_SERIES},
     metadata::{MetadataConfig, DEFAULT_CRI_SOCKETS, DEFAULT_DOCKER_SOCKETS},
     probes::ProbeConfig,
     sampler::SamplerConfig,
+    snapshot::CgroupKind,
 };
 
 /// Settings every command that samples shares.

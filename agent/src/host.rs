@@ -1,15 +1,13 @@
 //! The whole host, for comparison with a container: CPU time from `/proc/stat`,
 //! disk totals from `/proc/diskstats`, and `/proc/pressure/*`.
 
-use serde::Serialize;
-
 use crate::{
     cgroup::{
         format::{number, FormatError},
         pressure::Pressure,
         read_file,
     },
-    sample::PressureSample,
+    snapshot::{Disk, HostCpu, HostSample, PressureSample},
     window::pressure_window,
 };
 
@@ -103,20 +101,9 @@ fn parse_cpu_line(line: &str) -> Result<CpuTicks, FormatError> {
     })
 }
 
-/// One whole disk from `/proc/diskstats` (Documentation/admin-guide/iostats.rst):
+/// `/proc/diskstats` (Documentation/admin-guide/iostats.rst), read into [`Disk`]:
 /// `major minor name reads merged sectors_read ms_reading writes merged
 /// sectors_written ms_writing in_flight ms_io weighted_ms ...`; sectors are 512 bytes.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct Disk {
-    pub name: String,
-    pub read_ops: u64,
-    pub write_ops: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    /// Time with at least one IO in flight (`io_ticks`), in milliseconds.
-    pub busy_ms: u64,
-}
-
 /// Whole disks only (partitions, loop, ram and floppy devices are left out).
 pub fn parse_diskstats(
     text: &str,
@@ -154,58 +141,6 @@ pub fn parse_diskstats(
 /// A whole disk has a directory in `/sys/block`.
 fn sys_block_has(name: &str) -> bool {
     std::path::Path::new("/sys/block").join(name).exists()
-}
-
-/// Host CPU time in the window, in seconds (deltas of `/proc/stat`).
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct HostCpu {
-    pub cpus: usize,
-    pub user_seconds: f64,
-    pub nice_seconds: f64,
-    pub system_seconds: f64,
-    pub idle_seconds: f64,
-    pub iowait_seconds: f64,
-    pub irq_seconds: f64,
-    pub softirq_seconds: f64,
-    pub steal_seconds: f64,
-    /// Each online CPU's busy share of the window (0 to 1), by CPU number: where the
-    /// load sits (one saturated CPU on an idle host is pinned work).
-    pub per_cpu_busy: Vec<(usize, f64)>,
-}
-
-impl HostCpu {
-    fn total_seconds(&self) -> f64 {
-        self.user_seconds
-            + self.nice_seconds
-            + self.system_seconds
-            + self.idle_seconds
-            + self.iowait_seconds
-            + self.irq_seconds
-            + self.softirq_seconds
-            + self.steal_seconds
-    }
-
-    /// Share of all CPU time in the window that was busy (not idle, not iowait);
-    /// `None` for an empty window.
-    pub fn busy_share(&self) -> Option<f64> {
-        let total = self.total_seconds();
-        (total > 0.0).then(|| 1.0 - (self.idle_seconds + self.iowait_seconds) / total)
-    }
-
-    /// Share of all CPU time in the window the hypervisor gave to others.
-    pub fn steal_share(&self) -> Option<f64> {
-        let total = self.total_seconds();
-        (total > 0.0).then(|| self.steal_seconds / total)
-    }
-}
-
-/// The host in one window: every field is a delta over the window except the PSI
-/// averages. `null` where the host has no such file.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct HostSample {
-    pub cpu: Option<HostCpu>,
-    pub pressure: PressureSample,
-    pub disks: Vec<Disk>,
 }
 
 #[derive(Default)]

@@ -23,8 +23,8 @@ use cgscope::{
         Exporter,
     },
     playbook,
-    sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
+    snapshot::Snapshot,
     table, text, top,
 };
 use clap::{Parser, Subcommand};

@@ -4,30 +4,15 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt};
 
-use serde::Serialize;
+use crate::snapshot::{Interface, NetworkSample, Tcp, Udp};
 
-use crate::histogram::LatencySummary;
-
-/// One interface's counters from `/proc/<pid>/net/dev`:
+/// `net/dev` holds one line of counters per interface (read into [`Interface`]):
 ///
 /// ```text
 /// Inter-|   Receive                                                |  Transmit
 ///  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop ...
 ///   eth0: 775087247   23201    0    0    0     0          0         0  1156605   14323    0    0 ...
 /// ```
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct Interface {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errors: u64,
-    pub rx_dropped: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errors: u64,
-    pub tx_dropped: u64,
-}
-
 /// Parses `net/dev` into `out` (cleared first).
 pub fn parse_dev(text: &str, out: &mut Vec<Interface>) -> Result<(), String> {
     out.clear();
@@ -60,65 +45,76 @@ pub fn parse_dev(text: &str, out: &mut Vec<Interface>) -> Result<(), String> {
     Ok(())
 }
 
-/// Declares a counter struct read from `net/snmp`-style `Section: key...` / `Section:
-/// value...` line pairs, with its window difference. Gauges keep their current value.
-macro_rules! snmp_counters {
-    ($ty:ident { $($field:ident = $section:literal $key:literal $(gauge $gauge:tt)?),* $(,)? }) => {
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-        pub struct $ty {
-            $(pub $field: Option<u64>,)*
-        }
-
-        impl $ty {
-            fn set(&mut self, section: &str, key: &str, value: u64) {
-                match (section, key) {
-                    $(($section, $key) => self.$field = Some(value),)*
-                    _ => {}
-                }
-            }
-
-            /// Counters: `self - before`; gauges: `self`.
-            pub fn since(&self, before: &Self) -> Self {
-                Self {
-                    $($field: snmp_counters!(@delta self.$field, before.$field $(, $gauge)?),)*
-                }
-            }
-        }
-    };
-    (@delta $now:expr, $before:expr) => {
-        $now.map(|n| n.saturating_sub($before.unwrap_or(0)))
-    };
-    (@delta $now:expr, $before:expr, $gauge:tt) => {
-        $now
-    };
+/// Where a counter of `T` comes from in `net/snmp` or `net/netstat`: section, key,
+/// the field it fills, and whether it is a gauge (kept as read, not differenced).
+struct Source<T> {
+    section: &'static str,
+    key: &'static str,
+    field: fn(&mut T) -> &mut Option<u64>,
+    gauge: bool,
 }
 
-snmp_counters!(Tcp {
-    active_opens = "Tcp" "ActiveOpens",
-    passive_opens = "Tcp" "PassiveOpens",
-    attempt_fails = "Tcp" "AttemptFails",
-    estab_resets = "Tcp" "EstabResets",
-    curr_estab = "Tcp" "CurrEstab" gauge (),
-    in_segs = "Tcp" "InSegs",
-    out_segs = "Tcp" "OutSegs",
-    retrans_segs = "Tcp" "RetransSegs",
-    in_errs = "Tcp" "InErrs",
-    out_rsts = "Tcp" "OutRsts",
-    listen_overflows = "TcpExt" "ListenOverflows",
-    listen_drops = "TcpExt" "ListenDrops",
-    timeouts = "TcpExt" "TCPTimeouts",
-    syn_retrans = "TcpExt" "TCPSynRetrans",
-    lost_retransmits = "TcpExt" "TCPLostRetransmit",
-});
+/// A counter (`gauge: false`) or gauge of `T` from `section` `key`.
+macro_rules! source {
+    ($section:literal $key:literal => $field:ident $($gauge:ident)?) => {
+        Source {
+            section: $section,
+            key: $key,
+            field: |t| &mut t.$field,
+            gauge: source!(@gauge $($gauge)?),
+        }
+    };
+    (@gauge) => { false };
+    (@gauge gauge) => { true };
+}
 
-snmp_counters!(Udp {
-    in_datagrams = "Udp" "InDatagrams",
-    out_datagrams = "Udp" "OutDatagrams",
-    no_ports = "Udp" "NoPorts",
-    in_errors = "Udp" "InErrors",
-    rcvbuf_errors = "Udp" "RcvbufErrors",
-    sndbuf_errors = "Udp" "SndbufErrors",
-});
+const TCP: [Source<Tcp>; 15] = [
+    source!("Tcp" "ActiveOpens" => active_opens),
+    source!("Tcp" "PassiveOpens" => passive_opens),
+    source!("Tcp" "AttemptFails" => attempt_fails),
+    source!("Tcp" "EstabResets" => estab_resets),
+    source!("Tcp" "CurrEstab" => curr_estab gauge),
+    source!("Tcp" "InSegs" => in_segs),
+    source!("Tcp" "OutSegs" => out_segs),
+    source!("Tcp" "RetransSegs" => retrans_segs),
+    source!("Tcp" "InErrs" => in_errs),
+    source!("Tcp" "OutRsts" => out_rsts),
+    source!("TcpExt" "ListenOverflows" => listen_overflows),
+    source!("TcpExt" "ListenDrops" => listen_drops),
+    source!("TcpExt" "TCPTimeouts" => timeouts),
+    source!("TcpExt" "TCPSynRetrans" => syn_retrans),
+    source!("TcpExt" "TCPLostRetransmit" => lost_retransmits),
+];
+
+const UDP: [Source<Udp>; 6] = [
+    source!("Udp" "InDatagrams" => in_datagrams),
+    source!("Udp" "OutDatagrams" => out_datagrams),
+    source!("Udp" "NoPorts" => no_ports),
+    source!("Udp" "InErrors" => in_errors),
+    source!("Udp" "RcvbufErrors" => rcvbuf_errors),
+    source!("Udp" "SndbufErrors" => sndbuf_errors),
+];
+
+/// Sets the field of `out` that `section` `key` fills, if one does.
+fn set<T>(sources: &[Source<T>], out: &mut T, section: &str, key: &str, value: u64) {
+    if let Some(s) = sources
+        .iter()
+        .find(|s| s.key == key && s.section == section)
+    {
+        *(s.field)(out) = Some(value);
+    }
+}
+
+/// Counters: `now - before`; gauges: `now`.
+fn since<T: Copy>(sources: &[Source<T>], now: &T, before: &T) -> T {
+    let (mut out, mut before) = (*now, *before);
+    for s in sources.iter().filter(|s| !s.gauge) {
+        let was = (s.field)(&mut before).unwrap_or(0);
+        let field = (s.field)(&mut out);
+        *field = field.map(|n| n.saturating_sub(was));
+    }
+    out
+}
 
 /// Walks `net/snmp` or `net/netstat`: a header line of keys, then a line of values,
 /// per section. Values that are not counters (`MaxConn -1`) are skipped.
@@ -165,11 +161,11 @@ impl NetnsCounters {
         parse_dev(text, &mut out.interfaces)?;
         read("snmp", text)?;
         each_snmp_value(text, |s, k, v| {
-            out.tcp.set(s, k, v);
-            out.udp.set(s, k, v);
+            set(&TCP, &mut out.tcp, s, k, v);
+            set(&UDP, &mut out.udp, s, k, v);
         })?;
         read("netstat", text)?;
-        each_snmp_value(text, |s, k, v| out.tcp.set(s, k, v))?;
+        each_snmp_value(text, |s, k, v| set(&TCP, &mut out.tcp, s, k, v))?;
         Ok(out)
     }
 
@@ -203,37 +199,11 @@ impl NetnsCounters {
         NetworkSample {
             netns: None,
             interfaces,
-            tcp: Some(self.tcp.since(&before.tcp)),
-            udp: Some(self.udp.since(&before.udp)),
+            tcp: Some(since(&TCP, &self.tcp, &before.tcp)),
+            udp: Some(since(&UDP, &self.udp, &before.udp)),
             ..NetworkSample::default()
         }
     }
-}
-
-/// A cgroup's network in the window. Two sources:
-/// - the network namespace the cgroup owns (a pod, or a container outside any pod):
-///   `netns`, `interfaces`, `tcp`, `udp`, namespace-wide, every counter a delta
-///   except `tcp.curr_estab` (a gauge); `null`/empty for a cgroup that owns none;
-/// - the tcp probe, for the sockets of this cgroup and its descendants in any
-///   namespace: the `tcp_*` fields (deltas, histograms of the window); `null` when
-///   the probe is not attached.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NetworkSample {
-    /// Inode of the network namespace (`/proc/<pid>/ns/net`).
-    pub netns: Option<u64>,
-    pub interfaces: Vec<Interface>,
-    pub tcp: Option<Tcp>,
-    pub udp: Option<Udp>,
-    /// Smoothed RTT, one sample per socket per second.
-    pub tcp_rtt: Option<LatencySummary>,
-    /// Active opens, SYN sent to established.
-    pub tcp_connect_latency: Option<LatencySummary>,
-    /// Active opens that failed (SYN-SENT back to CLOSE: refused, timed out).
-    pub tcp_connect_failures: Option<u64>,
-    /// Retransmitted segments.
-    pub tcp_retransmits: Option<u64>,
-    pub tcp_resets_sent: Option<u64>,
-    pub tcp_resets_received: Option<u64>,
 }
 
 /// Inode of the network namespace `pid` is in.
@@ -344,11 +314,14 @@ mod tests {
         let mut tcp = Tcp::default();
         let mut udp = Udp::default();
         each_snmp_value(&fixture("net/snmp"), |s, k, v| {
-            tcp.set(s, k, v);
-            udp.set(s, k, v);
+            set(&TCP, &mut tcp, s, k, v);
+            set(&UDP, &mut udp, s, k, v);
         })
         .unwrap();
-        each_snmp_value(&fixture("net/netstat"), |s, k, v| tcp.set(s, k, v)).unwrap();
+        each_snmp_value(&fixture("net/netstat"), |s, k, v| {
+            set(&TCP, &mut tcp, s, k, v)
+        })
+        .unwrap();
         assert_eq!(
             (tcp.active_opens, tcp.out_rsts, tcp.retrans_segs),
             (Some(99), Some(36), Some(0))
@@ -373,11 +346,33 @@ mod tests {
             curr_estab: Some(2),
             ..Default::default()
         };
-        let d = now.since(&before);
+        let d = since(&TCP, &now, &before);
         assert_eq!(
             (d.out_rsts, d.curr_estab, d.in_segs),
             (Some(5), Some(2), None)
         );
+    }
+
+    /// Every field of the snapshot's `Tcp` and `Udp` has a source: filled from
+    /// each, they serialize without a `null`.
+    #[test]
+    fn every_counter_has_a_source() {
+        fn filled<T: Default + serde::Serialize>(sources: &[Source<T>]) -> serde_json::Value {
+            let mut out = T::default();
+            for s in sources {
+                set(sources, &mut out, s.section, s.key, 1);
+            }
+            serde_json::to_value(out).unwrap()
+        }
+        for v in [filled(&TCP), filled(&UDP)] {
+            let nulls: Vec<_> = v
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| v.is_null())
+                .collect();
+            assert!(nulls.is_empty(), "fields without a source: {nulls:?}");
+        }
     }
 
     #[test]

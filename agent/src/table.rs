@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    sample::{CgroupSample, Snapshot},
+    snapshot::{CgroupSample, Snapshot},
     text::Escaped,
 };
 
@@ -121,7 +121,7 @@ mod tests {
     use super::duration;
     use crate::{
         export::store::tests::{cgroup, snapshot},
-        sample::ContainerSample,
+        snapshot::ContainerSample,
     };
 
     #[test]

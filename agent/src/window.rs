@@ -15,16 +15,15 @@ use crate::{
         pressure::Pressure,
         stats::{CgroupStats, MemoryStats},
     },
-    histogram::{LatencySummary, LatencyWindow},
-    net::NetworkSample,
+    histogram::LatencyWindow,
     probes::{
         oom::OomKill,
         reader::{BlockioWindow, TcpWindow},
     },
-    sample::{
-        Completed, CpuSample, IoDeviceSample, IoSample, MemoryEventsSample, MemorySample,
-        OomKillsSample, OomVictimSample, PerOperation, PidsSample, PressureSample, PressureWindow,
-        MAX_OOM_VICTIMS,
+    snapshot::{
+        Completed, CpuSample, IoDeviceSample, IoSample, LatencySummary, MemoryEventsSample,
+        MemorySample, NetworkSample, OomKillsSample, OomVictimSample, PerOperation, PidsSample,
+        PressureSample, PressureWindow, StatKind, MAX_OOM_VICTIMS, MEMORY_STAT,
     },
 };
 
@@ -72,19 +71,9 @@ pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
             oom_group_kill: delta(e.oom_group_kill, b.oom_group_kill),
         }
     });
-    MemorySample {
+    let mut out = MemorySample {
         current_bytes: Some(now.current),
         working_set_bytes: now.stat.map(|s| working_set(now.current, &s)),
-        anon_bytes: stat.anon,
-        file_bytes: stat.file,
-        kernel_bytes: stat.kernel,
-        sock_bytes: stat.sock,
-        shmem_bytes: stat.shmem,
-        file_mapped_bytes: stat.file_mapped,
-        file_dirty_bytes: stat.file_dirty,
-        file_writeback_bytes: stat.file_writeback,
-        inactive_file_bytes: stat.inactive_file,
-        active_file_bytes: stat.active_file,
         max_bytes: now.max,
         high_bytes: now.high,
         low_bytes: now.low,
@@ -92,24 +81,18 @@ pub fn memory(now: &MemoryStats, before: Option<&MemoryStats>) -> MemorySample {
         peak_bytes: now.peak,
         swap_current_bytes: now.swap_current,
         swap_max_bytes: now.swap_max,
-        pgfault: delta(stat.pgfault, was.pgfault),
-        pgmajfault: delta(stat.pgmajfault, was.pgmajfault),
-        workingset_refault_anon: delta(stat.workingset_refault_anon, was.workingset_refault_anon),
-        workingset_refault_file: delta(stat.workingset_refault_file, was.workingset_refault_file),
-        workingset_activate_anon: delta(
-            stat.workingset_activate_anon,
-            was.workingset_activate_anon,
-        ),
-        workingset_activate_file: delta(
-            stat.workingset_activate_file,
-            was.workingset_activate_file,
-        ),
-        workingset_restore_anon: delta(stat.workingset_restore_anon, was.workingset_restore_anon),
-        workingset_restore_file: delta(stat.workingset_restore_file, was.workingset_restore_file),
-        workingset_nodereclaim: delta(stat.workingset_nodereclaim, was.workingset_nodereclaim),
         events,
         oom_kills: None, // set by the oom probe
+        ..MemorySample::default()
+    };
+    let values = stat.values().iter().zip(was.values());
+    for (key, (&now, &was)) in MEMORY_STAT.iter().zip(values) {
+        *(key.field_mut)(&mut out) = match key.kind {
+            StatKind::Events => delta(now, was),
+            StatKind::State | StatKind::Bytes => now,
+        };
     }
+    out
 }
 
 /// Events per second over a window of `seconds` (0 for an empty window).

@@ -16,8 +16,8 @@ mod common;
 use std::time::Duration;
 
 use cgscope::{
-    sample::{BlameCauses, CgroupSample, RunqBlame},
     sampler::{Sampler, SamplerConfig},
+    snapshot::{BlameCauses, CgroupSample, RunqBlame},
 };
 use common::{find, schedstat, set_frozen, TestTree};
 use nix::unistd::Pid;

@@ -11,9 +11,8 @@ use std::{
 };
 
 use cgscope::{
-    histogram::ExponentialHistogram,
-    sample::{IoDeviceSample, Snapshot},
     sampler::{Sampler, SamplerConfig},
+    snapshot::{ExponentialHistogram, IoDeviceSample, Snapshot},
 };
 use common::TestCgroup;
 use nix::{

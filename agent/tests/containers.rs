@@ -10,8 +10,8 @@ use std::{
 };
 
 use cgscope::{
-    cgroup::identity::{CgroupKind, Qos, Runtime},
     sampler::{Sampler, SamplerConfig},
+    snapshot::{CgroupKind, Qos, Runtime},
 };
 use common::{find, schedstat, TestNetns, TestTree};
 

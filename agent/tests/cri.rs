@@ -14,9 +14,9 @@ use std::{
 };
 
 use cgscope::{
-    cgroup::identity::{CgroupKind, Runtime},
     metadata::{cri::*, MetadataConfig},
     sampler::{Sampler, SamplerConfig},
+    snapshot::{CgroupKind, Runtime},
 };
 use common::TestTree;
 use tonic::{

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use cgscope::{
-    sample::{CgroupSample, Snapshot},
     sampler::{Sampler, SamplerConfig},
+    snapshot::{CgroupSample, Snapshot},
 };
 use common::{truth, TestCgroup};
 

@@ -12,9 +12,9 @@ use std::{
 };
 
 use cgscope::{
-    cgroup::identity::Runtime,
     metadata::MetadataConfig,
     sampler::{Sampler, SamplerConfig},
+    snapshot::Runtime,
 };
 use common::TestTree;
 

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use cgscope::{
-    sample::CgroupSample,
     sampler::{Sampler, SamplerConfig},
+    snapshot::CgroupSample,
 };
 use common::{schedstat_arrivals, TestCgroup};
 
@@ -199,7 +199,7 @@ fn the_switch_program_runs_once_per_context_switch() {
         let line = stat.lines().find(|l| l.starts_with("ctxt ")).expect("ctxt");
         line[5..].trim().parse().expect("ctxt value")
     };
-    let switch_runs = |snapshot: &cgscope::sample::Snapshot| -> (u64, f64) {
+    let switch_runs = |snapshot: &cgscope::snapshot::Snapshot| -> (u64, f64) {
         let runq = snapshot
             .probes
             .iter()

@@ -18,9 +18,8 @@ use std::{
 };
 
 use cgscope::{
-    net::NetworkSample,
-    sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
+    snapshot::{NetworkSample, Snapshot},
 };
 use common::{TestCgroup, TestNetns, TestTree};
 

@@ -61,6 +61,8 @@ const PACKAGES: &[&str] = &[
     // certificates), libpython3.11 (rotel-agent, the OTLP collector, links it).
     "openssl",
     "libpython3.11",
+    // The export test validates a snapshot against docs/snapshot.schema.json.
+    "python3-jsonschema",
     // Reads the probes' maps (a deleted pod leaves no entries).
     "bpftool",
 ];

@@ -104,6 +104,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "python3-requests",
         "export test: PCP's openmetrics PMDA fetches with it (pcp only suggests it)",
     ),
+    (
+        "python3-jsonschema",
+        "export test: validates a served snapshot against docs/snapshot.schema.json",
+    ),
 ];
 
 /// PyPI packages (pinned), with why.

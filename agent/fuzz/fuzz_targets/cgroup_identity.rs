@@ -3,7 +3,7 @@
 //! first tab-separated column, as in tests/fixtures/trees).
 #![no_main]
 
-use cgscope::cgroup::identity::{classify, CgroupKind};
+use cgscope::{cgroup::identity::classify, snapshot::CgroupKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

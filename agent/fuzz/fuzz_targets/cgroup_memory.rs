@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(stat) = text.parse::<MemoryStat>() {
-        let current = stat.anon.unwrap_or(0);
+        let current = stat.get("anon").unwrap_or(0);
         assert!(working_set(current, &stat) <= current);
     }
     let _ = text.parse::<MemoryEvents>();

@@ -2,7 +2,7 @@
 //! escaped paths that containers and users create.
 #![no_main]
 
-use cgscope::cgroup::mount::{parse_mountinfo, CgroupMode};
+use cgscope::{cgroup::mount::parse_mountinfo, snapshot::CgroupMode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

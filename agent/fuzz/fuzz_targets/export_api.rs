@@ -12,15 +12,13 @@ use std::{
 
 use axum::{body::Body, http::Request, http::StatusCode, Router};
 use cgscope::{
-    cgroup::{identity::CgroupKind, mount::CgroupMode},
     export::{
         api::{router, ApiState, Published},
         prometheus::Exposition,
         resource::AgentResource,
     },
-    host::HostSample,
     measure::targets,
-    sample::{CgroupSample, ContainerSample, Host, Snapshot, SCHEMA},
+    snapshot::{CgroupKind, CgroupMode, CgroupSample, ContainerSample, Host, HostSample, SCHEMA, Snapshot},
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::sync::watch;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use cgscope::{
-    cgroup::identity::Runtime,
+    snapshot::Runtime,
     metadata::docker::{body, parse_containers, parse_version},
 };
 use libfuzzer_sys::fuzz_target;

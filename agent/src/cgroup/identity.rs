@@ -11,74 +11,7 @@
 //! ```
 //! The systemd driver writes the pod UID with `_` for `-`; it is reported with `-`.
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupKind {
-    Root,
-    Pod,
-    Container,
-    Service,
-    Slice,
-    #[default]
-    Other,
-}
-
-impl CgroupKind {
-    pub const ALL: [Self; 6] = [
-        Self::Root,
-        Self::Pod,
-        Self::Container,
-        Self::Service,
-        Self::Slice,
-        Self::Other,
-    ];
-
-    /// The name the snapshot and the exporters use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Root => "root",
-            Self::Pod => "pod",
-            Self::Container => "container",
-            Self::Service => "service",
-            Self::Slice => "slice",
-            Self::Other => "other",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Runtime {
-    #[serde(rename = "containerd")]
-    Containerd,
-    #[serde(rename = "cri-o")]
-    CriO,
-    #[serde(rename = "docker")]
-    Docker,
-    #[serde(rename = "podman")]
-    Podman,
-}
-
-impl Runtime {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Containerd => "containerd",
-            Self::CriO => "cri-o",
-            Self::Docker => "docker",
-            Self::Podman => "podman",
-        }
-    }
-}
-
-/// Kubernetes QoS class, from the pod's place in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Qos {
-    Guaranteed,
-    Burstable,
-    Besteffort,
-}
+use crate::snapshot::{CgroupKind, Qos, Runtime};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {

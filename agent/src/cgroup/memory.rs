@@ -1,6 +1,7 @@
 //! `memory.stat`, `memory.events`.
 
 use super::format::{flat, number, FormatError};
+use crate::snapshot::{stat_index, MEMORY_STAT};
 
 /// Fills the `Option<u64>` fields of a struct from a flat-keyed file: one match arm
 /// per key, unknown keys ignored, a malformed value an error naming its key.
@@ -25,8 +26,9 @@ macro_rules! flat_keyed {
 }
 pub(crate) use flat_keyed;
 
-/// The keys of `memory.stat` that cgscope reports: bytes, except `pg*` and
-/// `workingset_*`, which count events. A key this kernel does not have is `None`.
+/// The values of `memory.stat` that cgscope reports ([`MEMORY_STAT`], in its order):
+/// bytes, except `pg*` and `workingset_*`, which count events. A key this kernel
+/// does not have is `None`.
 ///
 /// ```text
 /// anon 0
@@ -37,49 +39,33 @@ pub(crate) use flat_keyed;
 /// pgfault 9
 /// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryStat {
-    pub anon: Option<u64>,
-    pub file: Option<u64>,
-    pub kernel: Option<u64>,
-    pub sock: Option<u64>,
-    pub shmem: Option<u64>,
-    pub file_mapped: Option<u64>,
-    pub file_dirty: Option<u64>,
-    pub file_writeback: Option<u64>,
-    pub inactive_file: Option<u64>,
-    pub active_file: Option<u64>,
-    pub pgfault: Option<u64>,
-    pub pgmajfault: Option<u64>,
-    pub workingset_refault_anon: Option<u64>,
-    pub workingset_refault_file: Option<u64>,
-    pub workingset_activate_anon: Option<u64>,
-    pub workingset_activate_file: Option<u64>,
-    pub workingset_restore_anon: Option<u64>,
-    pub workingset_restore_file: Option<u64>,
-    pub workingset_nodereclaim: Option<u64>,
+pub struct MemoryStat([Option<u64>; MEMORY_STAT.len()]);
+
+impl MemoryStat {
+    /// The value of `key`, where this kernel has it and cgscope reports it.
+    pub fn get(&self, key: &str) -> Option<u64> {
+        stat_index(key).and_then(|i| self.0[i])
+    }
+
+    /// Each reported key's value, in the order of [`MEMORY_STAT`].
+    pub fn values(&self) -> &[Option<u64>; MEMORY_STAT.len()] {
+        &self.0
+    }
 }
 
-flat_keyed!(MemoryStat {
-    anon,
-    file,
-    kernel,
-    sock,
-    shmem,
-    file_mapped,
-    file_dirty,
-    file_writeback,
-    inactive_file,
-    active_file,
-    pgfault,
-    pgmajfault,
-    workingset_refault_anon,
-    workingset_refault_file,
-    workingset_activate_anon,
-    workingset_activate_file,
-    workingset_restore_anon,
-    workingset_restore_file,
-    workingset_nodereclaim,
-});
+impl std::str::FromStr for MemoryStat {
+    type Err = FormatError;
+
+    fn from_str(text: &str) -> Result<Self, FormatError> {
+        let mut out = Self::default();
+        for (key, value) in flat(text) {
+            if let Some(i) = stat_index(key) {
+                out.0[i] = Some(number(value).map_err(|e| format!("{key}: {e}"))?);
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// `memory.events`: how often each boundary was hit (cumulative, this cgroup and
 /// its descendants).
@@ -105,7 +91,7 @@ flat_keyed!(MemoryEvents {
 /// The working set as cAdvisor computes it: usage minus inactive file pages (the
 /// memory the kernel would reclaim first), never below zero.
 pub fn working_set(current: u64, stat: &MemoryStat) -> u64 {
-    current.saturating_sub(stat.inactive_file.unwrap_or(0))
+    current.saturating_sub(stat.get("inactive_file").unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -118,10 +104,11 @@ mod tests {
         let stat: MemoryStat = fixture("unified-6.12-container/memory.stat")
             .parse()
             .unwrap();
-        assert_eq!(stat.anon, Some(0));
-        assert_eq!(stat.kernel, Some(0));
-        assert_eq!(stat.pgfault, Some(9));
-        assert_eq!(stat.workingset_nodereclaim, Some(0));
+        assert_eq!(stat.get("anon"), Some(0));
+        assert_eq!(stat.get("kernel"), Some(0));
+        assert_eq!(stat.get("pgfault"), Some(9));
+        assert_eq!(stat.get("workingset_nodereclaim"), Some(0));
+        assert_eq!(stat.get("file_thp"), None, "a key cgscope does not report");
     }
 
     #[test]
@@ -136,10 +123,7 @@ mod tests {
             (old_kernel.high, old_kernel.oom_group_kill),
             (Some(3), None)
         );
-        let stat = MemoryStat {
-            inactive_file: Some(300),
-            ..Default::default()
-        };
+        let stat: MemoryStat = "inactive_file 300\n".parse().unwrap();
         assert_eq!(working_set(1000, &stat), 700);
         assert_eq!(working_set(100, &stat), 0);
         assert!("anon 12x\n".parse::<MemoryStat>().is_err());

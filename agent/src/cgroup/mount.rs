@@ -2,29 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-/// How the host mounts cgroups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupMode {
-    /// Only cgroup v2 (every modern distribution, every VM test kernel).
-    Unified,
-    /// v1 controllers plus a v2 hierarchy without them (systemd "hybrid").
-    Hybrid,
-    /// Only cgroup v1: cgscope cannot attribute anything.
-    Legacy,
-}
-
-impl CgroupMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unified => "unified",
-            Self::Hybrid => "hybrid",
-            Self::Legacy => "legacy",
-        }
-    }
-}
+use crate::snapshot::CgroupMode;
 
 /// The cgroup layout as read from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,10 +25,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::prometheus::{self, Encoding, Exposition, Format};
-use crate::{
-    cgroup::identity::CgroupKind,
-    sample::{CgroupSample, Host, ProbeStatus, Snapshot},
-};
+use crate::snapshot::{CgroupKind, CgroupSample, Host, ProbeStatus, Snapshot};
 
 /// One window, as every endpoint serves it.
 #[derive(Debug)]

@@ -325,15 +325,10 @@ mod tests {
 
     #[test]
     fn docs_are_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
-        let want = markdown();
-        if std::env::var_os("CGSCOPE_BLESS").is_some() {
-            std::fs::write(path, &want).expect("write docs/metrics.md");
-        }
-        let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            have == want,
-            "docs/metrics.md is stale: run CGSCOPE_BLESS=1 cargo test -p cgscope catalogue"
+        crate::assert_blessed(
+            "docs/metrics.md",
+            &markdown(),
+            "run CGSCOPE_BLESS=1 cargo test -p cgscope catalogue",
         );
     }
 }

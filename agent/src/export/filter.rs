@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{cgroup::identity::CgroupKind, cgroup::tree::under, sample::CgroupSample};
+use crate::{cgroup::tree::under, snapshot::CgroupKind, snapshot::CgroupSample};
 
 /// Series per metric before points go to the overflow series.
 pub const DEFAULT_MAX_SERIES: usize = 20_000;
@@ -104,7 +104,7 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::ContainerSample;
+    use crate::snapshot::ContainerSample;
 
     fn cgroup(
         path: &str,

@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use crate::sample::Snapshot;
+use crate::snapshot::Snapshot;
 
 use self::{
     delivery::Queue, filter::Filter, otlp::Temporality, points::AgentSample,

@@ -3,14 +3,9 @@
 //! window's deltas (the [store](super::store) makes them cumulative); absent data
 //! (`null` in the snapshot) gives no point, never a zero.
 
-use crate::{
-    histogram::{ExponentialHistogram, LatencySummary},
-    host::HostSample,
-    sample::{
-        CgroupSample, IoDeviceSample, PerOperation, PressureSample, PressureWindow, ProbeStatus,
-        RunqBlame,
-    },
-    sampler::cost::CostSample,
+use crate::snapshot::{
+    CgroupSample, CostSample, ExponentialHistogram, HostSample, IoDeviceSample, LatencySummary,
+    PerOperation, PressureSample, PressureWindow, ProbeStatus, RunqBlame, StatKind, MEMORY_STAT,
 };
 
 use super::catalogue::{self as c, Metric};
@@ -106,17 +101,9 @@ pub fn cgroup<'a>(
     if let Some(m) = &c.memory {
         out.int(&c::MEMORY_USAGE, vec![], m.current_bytes);
         out.int(&c::MEMORY_WORKING_SET, vec![], m.working_set_bytes);
-        for (state, v) in [
-            ("anon", m.anon_bytes),
-            ("file", m.file_bytes),
-            ("kernel", m.kernel_bytes),
-            ("sock", m.sock_bytes),
-            ("shmem", m.shmem_bytes),
-            ("file_mapped", m.file_mapped_bytes),
-            ("file_dirty", m.file_dirty_bytes),
-            ("file_writeback", m.file_writeback_bytes),
-        ] {
-            out.int(&c::MEMORY_STAT, attr("memory.state", state), v);
+        for key in MEMORY_STAT.iter().filter(|k| k.kind == StatKind::State) {
+            let state = attr("memory.state", key.key);
+            out.int(&c::MEMORY_STAT, state, (key.field)(m));
         }
         out.int(&c::MEMORY_LIMIT, vec![], m.max_bytes);
         out.int(&c::MEMORY_SWAP, vec![], m.swap_current_bytes);
@@ -443,8 +430,8 @@ pub fn agent<'a>(
 mod tests {
     use super::*;
     use crate::{
-        cgroup::identity::CgroupKind,
-        sample::{BlameCauses, Culprit},
+        snapshot::CgroupKind,
+        snapshot::{BlameCauses, Culprit},
     };
 
     fn culprit(path: &str, cause: &'static str, seconds: f64) -> Culprit {

@@ -4,7 +4,7 @@
 //! to every resource at export. The list is in [`super::catalogue::RESOURCE_ATTRIBUTES`].
 
 use super::{points::Attributes, settings::parse_pairs};
-use crate::{cgroup::identity::CgroupKind, sample::CgroupSample};
+use crate::{snapshot::CgroupKind, snapshot::CgroupSample};
 
 /// Identity attributes of one cgroup; absent names are left out, never empty.
 pub fn cgroup_attributes(c: &CgroupSample) -> Attributes {

@@ -17,8 +17,8 @@ use super::{
     points::{self, AgentSample, Attributes, Point, PointValue, Points},
 };
 use crate::{
-    histogram::ExponentialHistogram,
-    sample::{Bounds, Snapshot},
+    snapshot::ExponentialHistogram,
+    snapshot::{Bounds, Snapshot},
 };
 
 /// What a resource is: one per exported cgroup, plus the host and the agent itself.
@@ -390,9 +390,8 @@ impl<'a> Window<'a> {
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        cgroup::identity::CgroupKind,
-        histogram::{LatencySummary, LatencyTotals},
-        sample::{CgroupSample, CpuSample, Host},
+        histogram::LatencyTotals,
+        snapshot::{CgroupKind, CgroupSample, CpuSample, Host, LatencySummary},
     };
     use cgscope_common::histogram::Histogram;
 
@@ -415,12 +414,12 @@ pub(crate) mod tests {
     /// A 10 s window ending at `end`.
     pub(crate) fn snapshot(end: f64, cgroups: Vec<CgroupSample>) -> Snapshot {
         Snapshot {
-            schema: crate::sample::SCHEMA,
+            schema: crate::snapshot::SCHEMA,
             timestamp_seconds: end,
             window_seconds: 10.0,
             host: Host {
                 kernel: String::new(),
-                cgroup_mode: crate::cgroup::mount::CgroupMode::Unified,
+                cgroup_mode: crate::snapshot::CgroupMode::Unified,
                 cgroup_root: String::new(),
                 window: Default::default(),
             },
@@ -514,7 +513,7 @@ pub(crate) mod tests {
         let (mut store, agent, filter) =
             (Store::default(), AgentSample::default(), Filter::default());
         let with_memory = |anon: u64, swap: u64| CgroupSample {
-            memory: Some(crate::sample::MemorySample {
+            memory: Some(crate::snapshot::MemorySample {
                 current_bytes: Some(anon),
                 anon_bytes: Some(anon),
                 shmem_bytes: Some(0),
@@ -603,7 +602,7 @@ pub(crate) mod tests {
             (Store::default(), AgentSample::default(), Filter::default());
         let on_two_cpus = |end: f64, c: CgroupSample| {
             let mut s = snapshot(end, vec![c]);
-            s.host.window.cpu = Some(crate::host::HostCpu {
+            s.host.window.cpu = Some(crate::snapshot::HostCpu {
                 cpus: 2,
                 ..Default::default()
             });
@@ -612,7 +611,7 @@ pub(crate) mod tests {
         store.update(&on_two_cpus(100.0, cgroup(1, 1.0, &[])), &agent, &filter);
         let unreadable = CgroupSample {
             cpu: CpuSample::default(),
-            unreadable: Some(crate::sample::Unreadable {
+            unreadable: Some(crate::snapshot::Unreadable {
                 reason: "EMFILE",
                 error: String::new(),
             }),

@@ -8,12 +8,9 @@ mod select;
 
 pub use select::{selects, targets};
 
-use crate::{
-    cgroup::identity::CgroupKind,
-    histogram::LatencySummary,
-    host::HostSample,
-    net::{Interface, NetworkSample},
-    sample::{CgroupSample, IoDeviceSample, PerOperation, PressureWindow},
+use crate::snapshot::{
+    CgroupKind, CgroupSample, HostSample, Interface, IoDeviceSample, LatencySummary, NetworkSample,
+    PerOperation, PressureWindow,
 };
 
 /// How a measure's value is shown.

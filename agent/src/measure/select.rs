@@ -2,8 +2,8 @@
 //! examines.
 
 use crate::{
-    cgroup::{identity::CgroupKind, tree::under},
-    sample::{CgroupSample, Snapshot},
+    cgroup::tree::under,
+    snapshot::{CgroupKind, CgroupSample, Snapshot},
 };
 
 /// Whether `selector` names this cgroup: container or pod name, namespace, container

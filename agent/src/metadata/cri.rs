@@ -17,7 +17,7 @@ use tonic::{
 };
 
 use super::{sanitize, ContainerMeta, MetadataError};
-use crate::cgroup::identity::Runtime;
+use crate::snapshot::Runtime;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VersionRequest {

@@ -13,7 +13,7 @@ use std::{
 use serde::Deserialize;
 
 use super::{sanitize, ContainerMeta, MetadataError};
-use crate::cgroup::identity::Runtime;
+use crate::snapshot::Runtime;
 
 /// Replies larger than this are refused (a node lists at most a few thousand).
 const MAX_REPLY: u64 = 64 << 20;

@@ -18,10 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    cgroup::identity::{CgroupKind, Runtime},
-    sample::CgroupSample,
-};
+use crate::snapshot::{CgroupKind, CgroupSample, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::{Examine, Playbook, Rank};
 use crate::{
-    cgroup::{identity::CgroupKind, tree::under},
+    cgroup::tree::under,
     measure::{self, selects, targets, Scope, Unit},
-    sample::{CgroupSample, RunqBlame, Snapshot},
+    snapshot::{CgroupKind, CgroupSample, RunqBlame, Snapshot},
     text::{escape, markdown_cell, markdown_code, shell_word, Escaped},
 };
 

@@ -18,7 +18,7 @@ use super::{attach_all, counters, take_map, tracepoint_program, ProbeConfig, Pro
 use crate::{
     btf::{Btf, BtfError},
     histogram::LatencyTotals,
-    sample::ProbeStatus,
+    snapshot::ProbeStatus,
 };
 
 pub const NAME: &str = "blockio";

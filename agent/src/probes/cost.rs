@@ -8,15 +8,8 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use aya::Ebpf;
-use serde::Serialize;
 
-/// One program's runs and run time since it was loaded (while statistics were on).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProgramRunStats {
-    pub program: String,
-    pub runs: u64,
-    pub run_seconds: f64,
-}
+use crate::snapshot::ProgramRunStats;
 
 /// Whether the kernel keeps run-time statistics for the agent's programs, and what
 /// keeps them on.

@@ -22,7 +22,7 @@ use aya::{
 };
 use cgscope_common::{blockio::BlockioConfig, runq::TaskOffsets, tcp::TcpConfig};
 
-use crate::{btf::BtfError, sample::ProbeStatus};
+use crate::{btf::BtfError, snapshot::ProbeStatus};
 
 /// The kernel programs, built by `build.rs` (empty with `AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgscope-ebpf"));

@@ -9,7 +9,7 @@ use aya::{
 use cgscope_common::oom::{drop, OomVictim, MAX_ANCESTORS};
 
 use super::{attach_all, attach_traced, counters, take_map, ProbeError};
-use crate::sample::ProbeStatus;
+use crate::snapshot::ProbeStatus;
 
 pub const NAME: &str = "oom";
 

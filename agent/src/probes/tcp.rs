@@ -15,7 +15,7 @@ use super::{attach_all, counters, take_map, ProbeConfig, ProbeError};
 use crate::{
     btf::{Btf, BtfError},
     histogram::LatencyTotals,
-    sample::ProbeStatus,
+    snapshot::ProbeStatus,
 };
 
 pub const NAME: &str = "tcp";

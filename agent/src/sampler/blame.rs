@@ -8,12 +8,9 @@ use std::collections::HashMap;
 use cgscope_common::blame::culprit;
 
 use crate::{
-    cgroup::{
-        identity::{self, CgroupKind},
-        tree::CgroupDir,
-    },
+    cgroup::{identity, tree::CgroupDir},
     probes::reader::ProbeWindow,
-    sample::{BlameCauses, CgroupSample, Culprit, RunqBlame, MAX_CULPRITS},
+    snapshot::{BlameCauses, CgroupKind, CgroupSample, Culprit, RunqBlame, MAX_CULPRITS},
 };
 
 /// The walk seen from a culprit's side: ids to walk indexes, and each walked

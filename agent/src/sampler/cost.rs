@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use crate::sample::ProbeStatus;
+use crate::snapshot::{CostSample, ProbeStatus};
 
 /// Windows in a row over the budget before it is reported: one busy window (the
 /// first scan of a large tree, a burst of events) is not a trend.
@@ -16,28 +14,6 @@ pub const WINDOWS_OVER: u32 = 3;
 
 /// The default budget: 1 % of the node's CPU time.
 pub const DEFAULT_BUDGET: f64 = 0.01;
-
-/// One window's cost.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct CostSample {
-    /// The budget, as a share of the node's CPU time.
-    pub budget: f64,
-    /// CPU time of cgscope's process (user + system) in the window.
-    pub process_seconds: f64,
-    /// Run time of its probes' programs in the window, by probe (`null`: the kernel
-    /// keeps no run-time statistics, see the probes' notes; only the process is
-    /// counted then).
-    pub probe_seconds: Option<BTreeMap<&'static str, f64>>,
-    /// Both together over the node's CPU time in the window (window x CPUs); `null`
-    /// in the first window, which has no baseline.
-    pub node_share: Option<f64>,
-    /// Windows in a row over the budget, this one included.
-    pub windows_over: u32,
-    /// Over the budget for [`WINDOWS_OVER`] windows in a row.
-    pub over_budget: bool,
-    /// The probe that cost most in the window, when the probes are counted.
-    pub costliest_probe: Option<&'static str>,
-}
 
 /// The cumulative figures at the end of the last window.
 #[derive(Debug, Default)]
@@ -151,7 +127,7 @@ impl CostSample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::cost::ProgramRunStats;
+    use crate::snapshot::ProgramRunStats;
 
     fn runq(run_seconds: f64) -> Vec<ProbeStatus> {
         vec![ProbeStatus {

@@ -23,25 +23,19 @@ mod results;
 mod scan;
 mod walk;
 
-use self::{
-    cost::CostSample, network::assign_network, results::probe_results, scan::ScanErrors,
-    walk::Walked,
-};
+use self::{network::assign_network, results::probe_results, scan::ScanErrors, walk::Walked};
 use crate::{
     cgroup::{
-        self,
-        identity::{CgroupKind, Identity},
-        io::DeviceNames,
-        mount::CgroupMounts,
-        stats::CgroupStats,
+        self, identity::Identity, io::DeviceNames, mount::CgroupMounts, stats::CgroupStats,
         tree::CgroupDir,
     },
-    host::{HostReader, HostSample},
+    host::HostReader,
     metadata::{Metadata, MetadataConfig},
     net::NetnsReader,
     probes::{self, reader::ProbeReader, ProbeConfig, Probes},
-    sample::{
-        Bounds, CgroupSample, ContainerSample, Host, ProbeStatus, Snapshot, Unreadable, SCHEMA,
+    snapshot::{
+        Bounds, CgroupKind, CgroupSample, ContainerSample, CostSample, Host, HostSample,
+        ProbeStatus, Snapshot, Unreadable, SCHEMA,
     },
 };
 

@@ -2,9 +2,9 @@
 //! owns it.
 
 use crate::{
-    cgroup::{identity::CgroupKind, tree::CgroupDir},
+    cgroup::tree::CgroupDir,
     net::NetnsReader,
-    sample::CgroupSample,
+    snapshot::{CgroupKind, CgroupSample},
 };
 
 /// Gives each network namespace's window to the cgroup that owns it: the pod for its

@@ -4,14 +4,12 @@
 
 use crate::{
     cgroup::io::DeviceNames,
-    histogram::LatencySummary,
-    net::NetworkSample,
     probes::{
         self,
         reader::{ProbeReader, ProbeWindow},
         Probes,
     },
-    sample::{CgroupSample, MemorySample},
+    snapshot::{CgroupSample, LatencySummary, MemorySample, NetworkSample},
     window,
 };
 

@@ -11,12 +11,11 @@ use super::{container_sample, results::probe_results, scan::second_look, scan::S
 use super::{Previous, Sampler};
 use crate::{
     cgroup::{
-        self,
-        identity::{self, CgroupKind},
+        self, identity,
         stats::{StatsRead, StatsReader},
     },
     probes::reader::ProbeWindow,
-    sample::{CgroupSample, Unreadable},
+    snapshot::{CgroupKind, CgroupSample, Unreadable},
     window,
 };
 

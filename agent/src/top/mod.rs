@@ -9,10 +9,8 @@ pub mod ui;
 use std::fmt::Write as _;
 
 use crate::{
-    cgroup::identity::CgroupKind,
-    histogram::LatencySummary,
     measure::{self, targets, Measure, Scope, Unit},
-    sample::{CgroupSample, RunqBlame, Snapshot},
+    snapshot::{CgroupKind, CgroupSample, LatencySummary, RunqBlame, Snapshot},
     text::escape,
 };
 
@@ -225,7 +223,7 @@ pub fn summary(snapshot: &Snapshot) -> String {
         let busy = cpu.busy_share().unwrap_or(0.0);
         let _ = write!(out, "  {} CPUs, {:.0}% busy", cpu.cpus, busy * 100.0);
     }
-    let psi = |p: &Option<crate::sample::PressureWindow>| {
+    let psi = |p: &Option<crate::snapshot::PressureWindow>| {
         p.as_ref()
             .and_then(|p| p.some_share(snapshot.window_seconds))
             .map_or("-".into(), |s| format!("{:.0}%", s * 100.0))

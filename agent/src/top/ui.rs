@@ -18,8 +18,8 @@ use ratatui::{
 
 use super::{header, histograms, line, rows, summary, Sort, COLUMNS};
 use crate::{
-    sample::Snapshot,
     sampler::{Sampler, SamplerConfig},
+    snapshot::Snapshot,
     text::{escape, Escaped},
 };
 

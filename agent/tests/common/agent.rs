@@ -33,29 +33,56 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// `promtool check metrics` on an exposition: fails the test with promtool's words
 /// if it finds a fault.
 pub fn promtool_check(exposition: &str) {
+    checker_accepts("promtool", &["check", "metrics"], exposition);
+}
+
+/// Validates a snapshot (JSON text) against `docs/snapshot.schema.json` with
+/// Python's jsonschema (Debian's python3-jsonschema: a validator independent of
+/// the schemars that wrote the schema, whose objects admit no unlisted key):
+/// fails the test with the first faults, by place in the snapshot.
+pub fn snapshot_schema_check(snapshot: &str) {
+    const VALIDATE: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+schema = json.load(open(sys.argv[1]))
+Draft202012Validator.check_schema(schema)
+faults = sorted(Draft202012Validator(schema).iter_errors(json.load(sys.stdin)),
+                key=lambda e: [str(p) for p in e.absolute_path])
+for e in faults[:10]:
+    print("/".join(str(p) for p in e.absolute_path) or "(root)", ":", e.message[:300])
+sys.exit(1 if faults else 0)
+"#;
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/snapshot.schema.json");
+    checker_accepts("python3", &["-c", VALIDATE, schema], snapshot);
+}
+
+/// Feeds `input` to `program` (installed by `cargo xtask setup`, and on the node)
+/// and fails the test with its words if it exits with an error.
+fn checker_accepts(program: &str, args: &[&str], input: &str) {
     use std::{
         io::Write as _,
         process::{Command, Stdio},
     };
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
+    let mut checker = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (cargo xtask setup installs it)");
-    promtool
+        .unwrap_or_else(|e| panic!("{program} (cargo xtask setup installs it): {e}"));
+    // A checker that stops reading early still answers below.
+    let _ = checker
         .stdin
         .take()
         .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("feed promtool");
-    let lint = promtool.wait_with_output().expect("promtool");
+        .write_all(input.as_bytes());
+    let out = checker.wait_with_output().expect(program);
     assert!(
-        lint.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

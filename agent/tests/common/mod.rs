@@ -113,9 +113,9 @@ impl TestCgroup {
 
 /// The sample of the cgroup at `path` (as cgscope reports it) in a snapshot.
 pub fn find<'a>(
-    cgroups: &'a [cgscope::sample::CgroupSample],
+    cgroups: &'a [cgscope::snapshot::CgroupSample],
     path: &str,
-) -> &'a cgscope::sample::CgroupSample {
+) -> &'a cgscope::snapshot::CgroupSample {
     cgroups
         .iter()
         .find(|c| c.path == path)

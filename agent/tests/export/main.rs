@@ -269,6 +269,11 @@ fn prometheus_scrapes_and_answers_promql() {
             let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(v["schema"], "cgscope.snapshot/v1", "{url}");
         }
+        // The snapshot (probes attached, a pod and its container busy): each key
+        // and type as the documented schema says, and no key it does not list.
+        if url == "/api/v1/snapshot" {
+            common::snapshot_schema_check(&body);
+        }
     }
     let (status, _) = http_get(&listen, "/api/v1/containers/ffffffffffffffff").expect("GET");
     assert_eq!(status, 404);

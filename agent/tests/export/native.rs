@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cgscope::{
     export::prometheus::{protobuf::MetricFamily, PROTOBUF_CONTENT_TYPE},
-    histogram::ExponentialHistogram,
+    snapshot::ExponentialHistogram,
 };
 use prost::Message as _;
 use serde_json::Value;
