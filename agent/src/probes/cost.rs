@@ -5,7 +5,7 @@
 //! `kernel.bpf_stats_enabled` sysctl. Enabled, every BPF program on the node pays
 //! two clock reads per run (~20-40 ns); the agent asks only when it may.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use aya::Ebpf;
 
@@ -103,13 +103,40 @@ impl RunStats {
                     return None;
                 }
             };
+            let skipped_runs = program.fd().ok().and_then(|fd| skipped_runs(fd.as_fd()));
             stats.push(ProgramRunStats {
                 program: name.to_owned(),
                 runs: info.run_count(),
                 run_seconds: info.run_time().as_secs_f64(),
+                skipped_runs,
             });
         }
         stats.sort_by(|a, b| a.program.cmp(&b.program));
         Some(stats)
     }
+}
+
+/// The runs of the program at `fd` that the kernel skipped because the program was
+/// already running on that CPU (`bpf_prog_info.recursion_misses`, which aya does not
+/// expose; counted whether or not run-time statistics are on). A kernel before 5.12
+/// fills the struct only up to what it knows: 0.
+fn skipped_runs(fd: BorrowedFd<'_>) -> Option<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    /// `BPF_OBJ_GET_INFO_BY_FD`.
+    const OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: a struct of integers, for which all zeroes is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let address = (&raw mut info) as u64;
+    // union bpf_attr's info: bpf_fd (u32), info_len (u32), info (u64 address).
+    let mut attr = [
+        fd.as_raw_fd() as u32,
+        std::mem::size_of::<bpf_prog_info>() as u32,
+        address as u32,
+        (address >> 32) as u32,
+    ];
+    if let Err(e) = super::sys::bpf(OBJ_GET_INFO_BY_FD, &mut attr) {
+        log::debug!("BPF_OBJ_GET_INFO_BY_FD: {e}");
+        return None;
+    }
+    Some(info.recursion_misses)
 }

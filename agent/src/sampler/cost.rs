@@ -141,6 +141,7 @@ mod tests {
                 program: "runq_switch".to_owned(),
                 runs: 1,
                 run_seconds,
+                skipped_runs: Some(0),
             }]),
         }]
     }

@@ -102,6 +102,11 @@ pub struct ProgramRunStats {
     pub program: String,
     pub runs: u64,
     pub run_seconds: f64,
+    /// Runs the kernel skipped since load, each an event not recorded: the program
+    /// was already running on that CPU when its hook fired again (from an interrupt
+    /// during the run). The kernel's `recursion_misses` (5.12+; 0 before); `null`
+    /// where it could not be read.
+    pub skipped_runs: Option<u64>,
 }
 
 /// One window's cost.

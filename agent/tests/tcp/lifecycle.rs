@@ -396,13 +396,44 @@ fn every_short_connection_gets_its_first_rtt_sample() {
         rtt.sum_seconds * 1e6
     );
     assert_eq!(done, SHORT_CONNECTIONS, "the client's own count");
-    assert_eq!(connect.count, done, "one connect per connection");
-    assert_eq!(rtt.count, done, "one RTT sample per connection");
+    // An event goes unrecorded only where the kernel says so: the probe counted a
+    // connect whose start it did not see, or the kernel skipped a run of one of its
+    // programs (already running on that CPU when a softirq's state change fired:
+    // rare, seen once in 40 connections on 7.2 with one vCPU).
+    let tcp = snapshot
+        .probes
+        .iter()
+        .find(|p| p.name == "tcp")
+        .expect("tcp status");
+    let skipped: u64 = tcp
+        .run_stats
+        .iter()
+        .flatten()
+        .filter_map(|s| s.skipped_runs)
+        .sum();
+    let start_missing = tcp
+        .dropped
+        .get("connect_start_missing")
+        .copied()
+        .unwrap_or(0);
+    eprintln!("kernel-skipped runs {skipped}, connects without a start {start_missing}");
+    assert!(
+        connect.count <= done && done - connect.count <= skipped + start_missing,
+        "one connect per connection, or counted as lost: {} of {done}",
+        connect.count
+    );
+    assert!(
+        rtt.count <= done && done - rtt.count <= skipped,
+        "one RTT sample per connection, or a skipped run: {} of {done}",
+        rtt.count
+    );
     // The same kernel values: each connection's srtt as the handshake left it.
     let expected = sum_us as f64 * 1e-6;
-    assert!(
-        (rtt.sum_seconds - expected).abs() < 1e-6,
-        "RTT sum {} s vs TCP_INFO's {expected} s",
-        rtt.sum_seconds
-    );
+    if rtt.count == done {
+        assert!(
+            (rtt.sum_seconds - expected).abs() < 1e-6,
+            "RTT sum {} s vs TCP_INFO's {expected} s",
+            rtt.sum_seconds
+        );
+    }
 }
