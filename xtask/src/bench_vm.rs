@@ -48,7 +48,7 @@ pub fn run(bench: &str, here: bool, args: &[String]) -> anyhow::Result<()> {
     let vmlinuz = kernels::fetch_kernel(kernel, &cache)?;
     let initrd = vm::with_modules(&initrd, &cache.join(kernel.name))?;
     let log = cache.join(format!("{bench}.log"));
-    vm::boot(&vmlinuz, &initrd, &log, TIMEOUT, MEMORY_MIB)?;
+    vm::boot(&vmlinuz, &initrd, &log, TIMEOUT, MEMORY_MIB, "")?;
     // The serial console ends lines with CRLF.
     let text = fs::read_to_string(&log)?.replace("\r\n", "\n");
     let Some((_, output)) = text.split_once(&format!("{OUTPUT_MARK}\n")) else {

@@ -18,6 +18,13 @@ use crate::cmd;
 /// own apt sources). `cargo xtask test` (and so CI) runs the whole suite on each.
 pub struct Kernel {
     pub name: &'static str,
+    /// Whether the scenario binaries (`vm::SCENARIO_TESTS`) run here too. They drive
+    /// whole situations through the agent (playbooks, `top`, hostile names) and take
+    /// half a VM's time under TCG; what they exercise of the kernel, the probe tests
+    /// check on every kernel. Two kernels run them, so that CI's four VMs end within
+    /// its time (47 minutes for the VMs with all four, on this machine in December
+    /// 2026).
+    pub scenarios: bool,
     package: Option<&'static str>,
     pattern: &'static str,
     suites: &'static [&'static str],
@@ -27,18 +34,21 @@ pub const KERNELS: [Kernel; 4] = [
     // Debian 11's kernel: the oldest a fleet still runs in numbers (LTS derivatives).
     Kernel {
         name: "5.10",
+        scenarios: true,
         package: Some("linux-image-5.10.0-46-cloud-amd64"),
         pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
         suites: &["bullseye", "bullseye-security"],
     },
     Kernel {
         name: "6.1",
+        scenarios: true,
         package: Some("linux-image-6.1.0-50-cloud-amd64"),
         pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
         suites: &[],
     },
     Kernel {
         name: "6.12",
+        scenarios: false,
         package: Some("linux-image-6.12.100+deb12-cloud-amd64"),
         pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$",
         suites: &[],
@@ -47,6 +57,7 @@ pub const KERNELS: [Kernel; 4] = [
     // fields change first. Not pinned: it follows the archive.
     Kernel {
         name: "newest",
+        scenarios: false,
         package: None,
         pattern: r"^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-cloud-amd64$",
         suites: &["sid"],

@@ -23,6 +23,8 @@ pub struct EnvReport {
     pub name: String,
     pub outcomes: BTreeMap<String, Outcome>,
     pub problems: Vec<String>,
+    /// Test binaries left out of this environment on purpose, and why.
+    pub not_run: Vec<String>,
 }
 
 /// The marker libtest puts before a test's captured output (`--show-output`).
@@ -56,6 +58,7 @@ impl EnvReport {
             name: name.to_owned(),
             outcomes: BTreeMap::new(),
             problems: Vec::new(),
+            not_run: Vec::new(),
         }
     }
 
@@ -149,6 +152,9 @@ impl EnvReport {
         );
         for problem in &self.problems {
             eprintln!("  FAILED  {problem}");
+        }
+        for binary in &self.not_run {
+            eprintln!("  not run here: {binary}");
         }
         for (test, outcome) in &self.outcomes {
             match outcome {

@@ -110,6 +110,17 @@ pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
         .filter(|b| args.tests.is_empty() || args.tests.contains(&b.label))
         .collect();
     let initrd = build_initramfs(&binaries, &run_tests(&tests, ""), &cache)?;
+    let scenarios: Vec<&TestBinary> = tests
+        .iter()
+        .copied()
+        .filter(|t| SCENARIO_TESTS.contains(&t.label.as_str()))
+        .filter(|t| !args.tests.contains(&t.label))
+        .collect();
+    let with_scenarios: Vec<&str> = KERNELS
+        .iter()
+        .filter(|k| k.scenarios)
+        .map(|k| k.name)
+        .collect();
 
     // Fetched one at a time (apt), then booted `lanes` at a time.
     let mut runs = Vec::new();
@@ -122,9 +133,24 @@ pub fn reports(args: &VmArgs) -> anyhow::Result<Vec<EnvReport>> {
     let run = |(kernel, vmlinuz, initrd): &(&Kernel, PathBuf, PathBuf)| {
         let log = cache.join(format!("{}.log", kernel.name));
         let mut env = EnvReport::new(&format!("VM {}", kernel.name));
-        match boot(vmlinuz, initrd, &log, timeout, 2048) {
+        let skip: &[&TestBinary] = if kernel.scenarios { &[] } else { &scenarios };
+        let here: Vec<&TestBinary> = tests
+            .iter()
+            .copied()
+            .filter(|t| !skip.iter().any(|s| s.path == t.path))
+            .collect();
+        for s in skip {
+            env.not_run.push(format!(
+                "{} (a scenario binary: runs on {})",
+                s.label,
+                with_scenarios.join(" and ")
+            ));
+        }
+        let skip_paths: Vec<String> = skip.iter().map(|s| s.path.display().to_string()).collect();
+        let append = format!("cgscope.skip={}", skip_paths.join(","));
+        match boot(vmlinuz, initrd, &log, timeout, 2048, &append) {
             Ok(()) => match fs::read_to_string(&log) {
-                Ok(text) => read_log(&text, &tests, &mut env),
+                Ok(text) => read_log(&text, &here, &mut env),
                 Err(e) => env.problems.push(format!("reading the serial log: {e}")),
             },
             Err(e) => env.problems.push(format!("{e:#}")),
@@ -265,6 +291,9 @@ pub fn copy_tree(root: &Path, src: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scenario binaries, which only the kernels with `scenarios` run.
+pub const SCENARIO_TESTS: [&str; 3] = ["playbook", "names", "top"];
+
 /// The test binaries the VM runs: all but `cgscope` itself; the deploy tests, which
 /// need the validators (Python's kubernetes-validate and yamllint, systemd-analyze)
 /// that the busybox userland lacks (they test files only and run on the host); and
@@ -316,7 +345,10 @@ pub fn run_tests(tests: &[&TestBinary], extra: &str) -> String {
     let tests: Vec<String> = tests.iter().map(|t| t.path.display().to_string()).collect();
     format!(
         r#"set -o pipefail
+# Binaries this boot leaves out: cgscope.skip=PATH,PATH on the kernel command line.
+skip=" $(tr ' ' '\n' < /proc/cmdline | sed -n 's/^cgscope.skip=//p' | tr ',' ' ') "
 for t in {tests}; do
+  case "$skip" in *" $t "*) echo "== $t: not run on this kernel"; continue ;; esac
   echo "== $t"
   cd /tmp && $t --test-threads=1 --show-output {extra} | tee /tmp/cgscope-test-output
   rc=$?
@@ -500,6 +532,7 @@ pub fn boot(
     log: &Path,
     timeout: Duration,
     memory_mib: u32,
+    append: &str,
 ) -> anyhow::Result<()> {
     eprintln!(
         "vm: booting {} (serial log: {})",
@@ -516,7 +549,8 @@ pub fn boot(
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet {append}"));
     qemu(args, "tcg", log, timeout)
 }
 

@@ -7,7 +7,7 @@
 use std::{process::Stdio, time::Duration};
 
 use super::{
-    common::{free_port, Peer},
+    common::{self, free_port, Peer},
     panels, peers,
     pods::{ContainerSpec, PodSpec},
     runtimes::{self, Driver, BUSYBOX, GATEWAY},
@@ -58,5 +58,10 @@ fn every_dashboard_query_returns_series_on_the_node() {
         no_source.is_empty(),
         "panels without a source on a pure cgroup v2 node: {no_source:?}"
     );
+    // The node's snapshot, a named pod and its container in it: each key and type
+    // as docs/snapshot.schema.json says, and no key it does not list.
+    let (status, snapshot) = common::http_get(&listen, "/api/v1/snapshot").expect("GET");
+    assert_eq!(status, 200, "{snapshot}");
+    common::snapshot_schema_check(&snapshot);
     cri.remove_pod(&pod_id, &pod);
 }

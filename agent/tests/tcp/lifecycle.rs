@@ -263,12 +263,22 @@ fn time_wait_reset_is_unattributed_never_a_wrong_cgroup() {
         sent, 1,
         "one reset sent in the namespace (net/snmp OutRsts)"
     );
+    // The reset leaves the client: from its time-wait socket (no cgroup), or, where
+    // the server's ACK of the client's FIN came only with its data (seen once on
+    // 6.12 under TCG with the other core busy), from its orphaned full socket in
+    // FIN-WAIT-1, which is the client's: counted for the client's cgroup. Never for
+    // another.
     for (cgroup, totals) in &entries {
-        assert_eq!(totals.resets_sent, 0, "a reset counted for cgroup {cgroup}");
+        if *cgroup != pair.client_id {
+            assert_eq!(totals.resets_sent, 0, "a reset counted for cgroup {cgroup}");
+        }
     }
+    let from_full_socket = entries.get(&pair.client_id).map_or(0, |t| t.resets_sent);
     let server = entries.get(&pair.server_id).expect("the server's entry");
     assert_eq!(server.resets_received, 1, "the server received the reset");
-    if kernel_version() >= (6, 10) {
+    if from_full_socket > 0 {
+        assert_eq!(from_full_socket, 1, "the client's one reset");
+    } else if kernel_version() >= (6, 10) {
         assert!(counted >= 1, "the time-wait reset counted as unattributed");
     } else {
         eprintln!("note: kernel < 6.10 does not trace resets sent by time-wait sockets");
